@@ -272,11 +272,11 @@ def _read_weight_map(path):
         return {name: single.name for name in f.keys()}
 
 
-def save_checkpoint(path, state, cfg, files_from=None, dtype=None, max_shard_bytes=5 * 2**30):
-    """Write config.json, safetensors shards (+ index when more than one) and the tokenizer and
-    other files of `files_from` into a temporary directory, then rename it into place, so a
-    crash never leaves a half-written checkpoint that looks complete. `state` uses our parameter
-    names (no "model." prefix); tensors move to the CPU one shard at a time."""
+def save_checkpoint(path, state, cfg, files_from=None, dtype=None, max_shard_bytes=5 * 2**30, train_state=None):
+    """Write config.json, safetensors shards (+ index when more than one), the tokenizer and
+    other files of `files_from`, and train_state.pt if given, into a temporary directory, then
+    rename it into place, so a crash never leaves a half-written checkpoint that looks complete.
+    `state` uses our parameter names (no "model." prefix); tensors reach the CPU shard by shard."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -303,8 +303,10 @@ def save_checkpoint(path, state, cfg, files_from=None, dtype=None, max_shard_byt
     (tmp / "config.json").write_text(json.dumps(cfg.to_json_dict(), indent=2))
     if files_from is not None:
         for f in Path(files_from).iterdir():
-            if f.is_file() and f.name != "config.json" and not f.name.startswith("model") and not f.name.startswith("."):
+            if f.is_file() and f.name not in ("config.json", "train_state.pt") and not f.name.startswith("model") and not f.name.startswith("."):
                 shutil.copy2(f, tmp / f.name)
+    if train_state is not None:
+        torch.save(train_state, tmp / "train_state.pt")
     old = path.with_name(f".{path.name}.old-{os.getpid()}")
     if path.exists():
         path.rename(old)

@@ -1,0 +1,610 @@
+"""
+The four tasks: GSM8K, MATH500, Countdown (3 numbers) and 4x4 Sudoku. Each one loads its data,
+writes prompts, scores a completion for training (`reward`) and for evaluation (`is_correct`),
+and writes a reference completion (for SFT and tests). Countdown and Sudoku are generated here.
+
+    task = get_task("countdown")
+    train, test = task.generate(2000, seed=0), task.generate(500, seed=1)  # disjoint: see _split_for
+    text = task.prompt(test[0], style="compact")          # "Countdown: 30,100,93 -> 23"
+    r = task.reward("<answer>30-(100-93)</answer>", test[0])
+
+Rules follow SPEC.md section 4 (the d1 / CJ-GRPO rewards, JustGRPO prompts); deviations from the
+reference code are marked (ours). Prompt styles:
+    d1       d1 / CJ-GRPO training prompt: format text at the start of the user turn
+    d1_eval  d1 evaluation prompt (asks for \\boxed{} inside <answer>); the assistant turn is
+             pre-filled with task.prefill("d1_eval") == "<reasoning>"
+    just     JustGRPO: the bare question, MATH adds a \\boxed{} instruction (gsm8k, math500 only);
+             its reward is +1 if is_correct else -1
+    compact  a short prompt for the project's tiny byte-level models, answered "<answer>...</answer>"
+Rewards take anything: None, empty or megabyte strings, unclosed tags score 0 (or the format-only
+part) and never raise. Every scan is linear in the completion length (no backtracking regex).
+"""
+import ast
+import csv
+import json
+import random
+import re
+import zlib
+from fractions import Fraction
+from itertools import permutations, product
+
+STYLES = ("d1", "d1_eval", "just", "compact")
+
+# Prompt texts as in the d1 code (the chat template strips the leading newline).
+D1_FORMAT = "\nRespond in the following format:\n<reasoning>\n...\n</reasoning>\n<answer>\n...\n</answer>\n"
+D1_MATH = ("You are a math expert. You will be given a question to solve. Solve it step by step. "
+           "Wrap the final answer in a \\boxed{}. ")
+D1_MATH_EVAL = (D1_MATH + "\nRespond in the following format:\n<reasoning>\nYour reasoning here\n"
+                "</reasoning>\n<answer>\n\\boxed{...}\n</answer>")
+D1_COUNTDOWN_EVAL = (
+    "Using only the provided numbers, create an arithmetic expression that evaluates to exactly the "
+    "provided target number. You may use the operations +, -, *, and / as needed, but each number must "
+    "be used exactly once. Think step-by-step. After reasoning, provide only your final expression "
+    "inside \\boxed{} tags without including an equals sign or the target number. For example: "
+    "\\boxed{a + b * c}Respond in the following format:\n<reasoning>\nYour reasoning here\n"
+    "</reasoning>\n<answer>\n\\boxed{...}\n</answer>")
+D1_SUDOKU = """
+Please solve the following 4x4 Sudoku puzzle. The puzzle is provided as a 16-character string reading left-to-right, top-to-bottom, where '0' represents empty cells.
+
+Rules:
+- Fill empty cells with digits 1-4
+- Each row must contain digits 1-4 exactly once
+- Each column must contain digits 1-4 exactly once
+- Each 2x2 box must contain digits 1-4 exactly once
+
+Important: Your solution must be a COMPLETE 16-character string with only the digits 1-4, representing your final solved grid.
+
+Respond in this exact format:
+<reasoning>
+Your step-by-step solving process
+</reasoning>
+<answer>
+[16-character solution string with no spaces or separators]
+</answer>
+"""
+# JustGRPO's released code covers GSM8K only; this is the usual wording of the \boxed{} instruction.
+JUST_MATH = "\nPlease reason step by step, and put your final answer within \\boxed{}."
+
+# -----------------------------------------------------------------------------
+# reading completions (linear-time helpers)
+
+
+def _text(completion):
+    """Completions are strings; anything else (None, bytes, lists) scores as an empty completion."""
+    return completion if isinstance(completion, str) else ""
+
+
+def _last_answer(text):
+    """Content of the last <answer>...</answer> pair, stripped, or None when no pair is closed."""
+    end = text.rfind("</answer>")
+    start = text.rfind("<answer>", 0, max(end, 0))
+    return text[start + len("<answer>"):end].strip() if end >= 0 and start >= 0 else None
+
+
+BRACE = re.compile(r"[{}]")
+
+
+def _last_boxed(text):
+    """Content of the last \\boxed{...} with balanced braces, or None (no \\boxed, or unclosed)."""
+    start = text.rfind("\\boxed{")
+    depth, begin = 0, start + len("\\boxed{")
+    for m in BRACE.finditer(text, begin if start >= 0 else len(text)):
+        depth += 1 if m.group() == "{" else -1
+        if depth < 0:
+            return text[begin:m.start()]
+    return None
+
+
+def _boxed_flat(text):
+    """Every \\boxed{...} read up to its first '}' (d1's non-nested regex), in order. Stops at the
+    first unclosed one: no later one can close either, so the scan stays linear."""
+    out, pos = [], 0
+    while (start := text.find("\\boxed{", pos)) >= 0:
+        end = text.find("}", start + len("\\boxed{"))
+        if end < 0:
+            break
+        out.append(text[start + len("\\boxed{"):end])
+        pos = end + 1
+    return out
+
+
+NUMBER = re.compile(r"-?[0-9]+\.?[0-9]*")  # ASCII digits only: float() would also read "١٢" as 12
+
+
+def _numbers(s):
+    """Numbers in s as floats, commas removed first (ours: d1 reads "1,080" as 1 and 80)."""
+    return [float(m) for m in NUMBER.findall(s.replace(",", ""))]
+
+
+def _completion(reasoning, answer, style):
+    """A completion in the format a d1 or compact prompt asks for, without the d1_eval pre-fill."""
+    if style == "compact":
+        return f"<answer>{answer}</answer>"
+    text = f"<reasoning>\n{reasoning}\n</reasoning>\n<answer>\n{answer}\n</answer>\n"
+    return text.removeprefix("<reasoning>") if style == "d1_eval" else text
+
+# -----------------------------------------------------------------------------
+# data files
+
+
+def _read_rows(path):
+    """Rows of a .jsonl or .csv file as (where, dict), where = "file:line" for error messages."""
+    path = str(path)
+    if not path.endswith((".jsonl", ".csv")):
+        raise ValueError(f"{path}: expected a .jsonl or .csv file")
+    with open(path, encoding="utf-8", newline="") as f:
+        if path.endswith(".csv"):
+            reader = csv.DictReader(f)
+            for row in reader:
+                yield f"{path}:{reader.line_num}", row
+            return
+        for i, line in enumerate(f, 1):
+            if line.strip():
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError as e:
+                    raise ValueError(f"{path}:{i}: not valid JSON ({e})") from None
+                yield f"{path}:{i}", row
+
+
+class Task:
+    """A task: its data, prompts, rewards. Subclasses define from_row, prompt, reward,
+    is_correct and reference; generate exists only where the data is generated."""
+    name = ""
+
+    def load(self, path):
+        """The examples of a data file; a malformed row raises ValueError naming file:line."""
+        out = []
+        for where, row in _read_rows(path):
+            try:
+                out.append(self.from_row(row))
+            except (KeyError, TypeError, ValueError, AttributeError) as e:
+                raise ValueError(f"{where}: bad {self.name} row ({type(e).__name__}: {e})") from None
+        return out
+
+    def generate(self, n, seed, split=None):
+        """n distinct examples, the same for the same seed; split as in _split_for."""
+        raise ValueError(f"{self.name} is not generated: read it with load(path)")
+
+    def prefill(self, style="d1"):
+        """Text after the assistant header: d1's evaluation starts the answer with "<reasoning>"."""
+        return "<reasoning>" if style == "d1_eval" else ""
+
+    def _style(self, style, just=True):
+        """The style, checked: JustGRPO has prompts for gsm8k and math500 only."""
+        if style not in STYLES or (style == "just" and not just):
+            valid = [s for s in STYLES if just or s != "just"]
+            raise ValueError(f"{self.name}: prompt style {style!r} not one of {valid}")
+        return style
+
+# -----------------------------------------------------------------------------
+# GSM8K
+
+
+def _gsm8k_gold(example):
+    return example["answer"].split("####")[1].strip()
+
+
+def _plain(s):
+    """(ours) Commas and spaces removed: 14 test golds are written "1,080"."""
+    return s.replace(",", "").replace(" ", "")
+
+
+def _xml_answer(text):
+    """d1's extract_xml_answer: after the last <answer>, up to </answer>, stripped (or all text)."""
+    return text.split("<answer>")[-1].split("</answer>")[0].strip()
+
+
+def correctness_reward(text, gold):
+    """d1 correctness_reward_func: 2.0 if the extracted answer equals the gold (ours: commas removed)."""
+    return 2.0 if _plain(_xml_answer(text)) == _plain(gold) else 0.0
+
+
+def int_reward(text):
+    """d1 int_reward_func: 0.5 if the extracted answer is an integer (ours: comma-free, ASCII digits)."""
+    return 0.5 if re.fullmatch(r"[0-9]+", _plain(_xml_answer(text))) else 0.0
+
+
+def strict_format_reward(text):
+    """d1 strict_format_reward_func, r"^<reasoning>\\n.*?\\n</reasoning>\\n<answer>\\n.*?\\n</answer>\\n$"
+    (ours: DOTALL). Written with str methods: the regex backtracks quadratically on long inputs."""
+    head, mid, tail = "<reasoning>\n", "\n</reasoning>\n<answer>\n", "\n</answer>\n"
+    for end in (tail, tail + "\n"):  # `$` also matches before one final newline
+        if text.startswith(head) and text.endswith(end) and len(text) >= len(head) + len(end):
+            if mid in text[len(head):len(text) - len(end)]:
+                return 0.5
+    return 0.0
+
+
+def soft_format_reward(text):
+    """d1 soft_format_reward_func, re.match(r"<reasoning>.*?</reasoning>\\s*<answer>.*?</answer>")
+    (ours: DOTALL): the first '</reasoning> <answer>' after the opening tag, then any </answer>."""
+    if not text.startswith("<reasoning>"):
+        return 0.0
+    m = re.compile(r"</reasoning>\s*<answer>").search(text, len("<reasoning>"))
+    return 0.5 if m and text.find("</answer>", m.end()) >= 0 else 0.0
+
+
+def xml_count_reward(text):
+    """d1 count_xml: 0.125 per tag placed once, minus 0.001 per character after the answer."""
+    count = 0.0
+    if text.count("<reasoning>\n") == 1:
+        count += 0.125
+    if text.count("\n</reasoning>\n") == 1:
+        count += 0.125
+    if text.count("\n<answer>\n") == 1:
+        count += 0.125 - len(text.split("\n</answer>\n")[-1]) * 0.001
+    if text.count("\n</answer>") == 1:
+        count += 0.125 - (len(text.split("\n</answer>")[-1]) - 1) * 0.001
+    return count
+
+
+class GSM8K(Task):
+    name = "gsm8k"
+
+    def from_row(self, row):
+        q, a = row["question"], row["answer"]
+        if not (isinstance(q, str) and isinstance(a, str) and "####" in a):
+            raise ValueError("needs a question and an answer with the gold after '####'")
+        return {"question": q, "answer": a}
+
+    def prompt(self, example, style="d1"):
+        q = example["question"]
+        return {"d1": D1_FORMAT + "\n\n" + q, "d1_eval": D1_MATH_EVAL + "\n\n" + q,
+                "just": q, "compact": q}[self._style(style)]
+
+    def reward(self, completion, example):
+        """d1's GSM8K reward: correctness 2 + integer 0.5 + strict 0.5 + soft 0.5 + xml up to 0.5."""
+        t, gold = _text(completion), _gsm8k_gold(example)
+        return (correctness_reward(t, gold) + int_reward(t) + strict_format_reward(t)
+                + soft_format_reward(t) + xml_count_reward(t))
+
+    def is_correct(self, completion, example):
+        """d1's evaluation: the first \\boxed{} holding a number, else the <answer> content's last
+        number, equal as floats to the gold."""
+        t = _text(completion)
+        found = next((nums[0] for b in _boxed_flat(t) if (nums := _numbers(b))), None)
+        if found is None:
+            start = t.find("<answer>")
+            end = t.find("</answer>", start) if start >= 0 else -1
+            nums = _numbers(t[start + len("<answer>"):end]) if end >= 0 else []
+            found = nums[-1] if nums else None
+        golds = _numbers(_gsm8k_gold(example))
+        return found is not None and golds == [found]
+
+    def reference(self, example, style="d1"):
+        reasoning, gold = example["answer"].split("####")[0].strip(), _gsm8k_gold(example)
+        reasoning = re.sub(r"<<[^>]*>>", "", reasoning)  # calculator annotations "<<3*4=12>>"
+        if self._style(style) == "just":
+            return f"{reasoning}\nThe answer is \\boxed{{{gold}}}."
+        return _completion(reasoning, f"\\boxed{{{gold}}}" if style == "d1_eval" else gold, style)
+
+# -----------------------------------------------------------------------------
+# MATH500
+
+
+def _fix_fracs(s):
+    """\\frac12 -> \\frac{1}{2}, \\frac1{23} -> \\frac{1}{23}."""
+    head, *parts = s.split("\\frac")
+    for i, p in enumerate(parts):
+        if len(p) >= 2 and p[0] != "{":
+            parts[i] = "{" + p[0] + "}" + (p[1:] if p[1] == "{" else "{" + p[1] + "}" + p[2:])
+    return "\\frac".join([head, *parts])
+
+
+def normalize_math(s):
+    """The MATH answer normalisation of Hendrycks et al. (2021), written out rule by rule, plus
+    (ours) a trailing ".0" dropped from whole numbers. Applied to both sides before comparing."""
+    for old, new in (("\n", ""), ("\\!", ""), ("\\\\", "\\"), ("tfrac", "frac"), ("dfrac", "frac"),
+                     ("\\left", ""), ("\\right", ""), ("^{\\circ}", ""), ("^\\circ", ""), ("\\$", "")):
+        s = s.replace(old, new)
+    s = s.split("\\text{ ")[0]  # units: "5 \text{ cm}" -> "5 "
+    s = s.replace("\\%", "").replace(" .", " 0.").replace("{.", "{0.")
+    s = "0" + s if s.startswith(".") else s
+    if s.count("=") == 1 and len(s.split("=")[0]) <= 2:  # "x = 5" -> "5"
+        s = s.split("=")[1]
+    s = s.replace(" ", "")
+    s = "\\sqrt".join(p if i == 0 or p.startswith("{") or not p else "{" + p[0] + "}" + p[1:]
+                      for i, p in enumerate(s.split("\\sqrt")))  # \sqrt3 -> \sqrt{3}
+    s = _fix_fracs(s)
+    s = "\\frac{1}{2}" if s == "0.5" else s
+    if s.count("/") == 1:  # "3/4" -> \frac{3}{4} for plain integers
+        a, b = s.split("/")
+        if all(re.fullmatch(r"-?(?:0|[1-9][0-9]*)", x) for x in (a, b)):
+            s = f"\\frac{{{a}}}{{{b}}}"
+    return re.sub(r"^(-?[0-9]+)\.0+$", r"\1", s)
+
+
+def math_equal(answer, gold):
+    """Equivalence of two MATH answers: equal after normalize_math. None is never equal."""
+    if not (isinstance(answer, str) and isinstance(gold, str)):
+        return False
+    return normalize_math(answer) == normalize_math(gold)
+
+
+class MATH500(Task):
+    name = "math500"
+
+    def from_row(self, row):
+        # MATH train rows have no "answer" field: it is the last \boxed{} of the solution
+        answer = row.get("answer") or _last_boxed(row["solution"])
+        if not isinstance(answer, str):
+            raise ValueError("no answer, and no \\boxed{} in the solution")
+        return {"problem": str(row["problem"]), "solution": row.get("solution", ""), "answer": answer}
+
+    def prompt(self, example, style="d1"):
+        p = example["problem"]
+        return {"d1": f"{D1_FORMAT}\n\n{D1_MATH}\n\n{p}", "d1_eval": D1_MATH_EVAL + "\n\n" + p,
+                "just": p + JUST_MATH, "compact": p}[self._style(style)]
+
+    def reward(self, completion, example):
+        """d1's MATH reward: correctness 2.0 + boxed_and_answer_tags_format_reward."""
+        t = _text(completion)
+        correct = 2.0 if self.is_correct(t, example) else 0.0
+        parts = t.split("<answer>", 2)  # d1: r.split("<answer>")[1].split("</answer>")[0], else all of r
+        inside = parts[1].split("</answer>")[0] if len(parts) > 1 else t
+        # (ours) the reference tests "\boxed" in a non-raw string ("\b" = backspace): never true
+        return correct + 0.5 * ((len(parts) > 1) + (1.0 if "\\boxed" in inside else 0.5))
+
+    def is_correct(self, completion, example):
+        """The last \\boxed{} of the completion equals the gold after MATH normalisation."""
+        return math_equal(_last_boxed(_text(completion)), example["answer"])
+
+    def reference(self, example, style="d1"):
+        boxed = f"\\boxed{{{example['answer']}}}"
+        if self._style(style) == "just":
+            return example.get("solution") or boxed
+        return _completion(example.get("solution") or example["answer"], boxed, style)
+
+# -----------------------------------------------------------------------------
+# Countdown
+
+MAX_EXPR_CHARS = 200  # a 3-number answer needs ~20; the bound keeps ast and Fraction work tiny
+
+
+def _apply(op, x, y):
+    """One exact operation on ints and Fractions (Fraction only where "/" needs it, as it is
+    slow); None for division by zero."""
+    if op == "/":
+        return None if y == 0 else Fraction(x) / y
+    return x + y if op == "+" else x - y if op == "-" else x * y
+
+
+def _countdown_value(expr, numbers):
+    """Exact value of expr if it is integers, + - * / and parentheses, using each given number
+    exactly once; else None. Parsed with ast, never eval: "9**9**9" is a Pow node, rejected."""
+    if len(expr) > MAX_EXPR_CHARS or not re.fullmatch(r"[0-9+\-*/() \t\n]+", expr):
+        return None
+    try:
+        tree = ast.parse(expr, mode="eval").body
+    except (SyntaxError, ValueError, MemoryError, RecursionError):  # e.g. "03", unbalanced
+        return None
+    ops, used = {ast.Add: "+", ast.Sub: "-", ast.Mult: "*", ast.Div: "/"}, []
+
+    def value(node):
+        if isinstance(node, ast.Constant) and type(node.value) is int:
+            used.append(node.value)
+            return node.value
+        if isinstance(node, ast.UnaryOp) and isinstance(node.op, (ast.USub, ast.UAdd)):
+            v = value(node.operand)  # the reference's eval accepts a sign; so do we
+            return None if v is None else -v if isinstance(node.op, ast.USub) else v
+        if isinstance(node, ast.BinOp) and type(node.op) in ops:
+            x, y = value(node.left), value(node.right)
+            return None if x is None or y is None else _apply(ops[type(node.op)], x, y)
+        return None
+
+    v = value(tree)
+    return v if v is not None and sorted(used) == sorted(numbers) else None
+
+
+def _countdown_exprs(numbers):
+    """Every expression over three numbers, each used once, in both bracketings: (text, value)."""
+    for (a, b, c), (p, q) in product(permutations(numbers), product("+-*/", repeat=2)):
+        ab, bc = _apply(p, a, b), _apply(q, b, c)
+        yield f"({a}{p}{b}){q}{c}", None if ab is None else _apply(q, ab, c)
+        yield f"{a}{p}({b}{q}{c})", None if bc is None else _apply(p, a, bc)
+
+
+def _countdown_answer(text):
+    """The last <answer> content, unwrapped from \\boxed{} (d1's evaluation prompt asks for it)."""
+    answer = _last_answer(text)
+    if answer is not None and answer.startswith("\\boxed{") and answer.endswith("}"):
+        answer = answer[len("\\boxed{"):-1].strip()
+    return answer
+
+
+TRAIN_SEED = 0  # generate(n, TRAIN_SEED) draws training problems, any other seed held-out ones
+
+
+def _split_of(key):
+    """Hash split of generated problems: "test" iff crc32(key) % 10 == 0 (key: the sorted numbers
+    of a Countdown problem, the puzzle string of a Sudoku), so train and test never overlap,
+    whatever seeds draw them."""
+    return "test" if zlib.crc32(key.encode()) % 10 == 0 else "train"
+
+
+def _split_for(seed, split):
+    """The split a generate call draws from: as given, else "train" for TRAIN_SEED and "test" for
+    any other seed, so held-out sets drawn with seeds 1, 2, ... never meet the training set."""
+    split = split or ("train" if seed == TRAIN_SEED else "test")
+    if split not in ("train", "test"):
+        raise ValueError(f"split {split!r}: use 'train' or 'test'")
+    return split
+
+
+class Countdown(Task):
+    name = "countdown"
+
+    def from_row(self, row):
+        if "input" in row:  # the published test file: {"input": "30,100,93", "output": "23"}
+            return {"numbers": [int(x) for x in row["input"].split(",")], "target": int(row["output"])}
+        return {"numbers": [int(x) for x in row["numbers"]], "target": int(row["target"])}
+
+    def generate(self, n, seed, split=None, max_number=100, max_target=100):
+        """n distinct problems of the split: 3 numbers in 1..max_number, a target in 1..max_target
+        reachable with + - * / using each number once, and one such expression ("expr")."""
+        split, rng, out, seen = _split_for(seed, split), random.Random(seed), [], set()
+        while len(out) < n:
+            numbers = [rng.randint(1, max_number) for _ in range(3)]
+            if _split_of(str(sorted(numbers))) != split:
+                continue
+            reachable = {}
+            for expr, v in _countdown_exprs(numbers):
+                if v is not None and v.denominator == 1 and 1 <= v <= max_target:
+                    reachable.setdefault(int(v), expr)
+            if not reachable:
+                continue
+            target = rng.choice(sorted(reachable))
+            if (key := f"{sorted(numbers)}->{target}") not in seen:
+                seen.add(key)
+                out.append({"numbers": numbers, "target": target, "expr": reachable[target]})
+        return out
+
+    def prompt(self, example, style="d1"):
+        nums, target = example["numbers"], example["target"]
+        if self._style(style, just=False) == "compact":
+            return f"Countdown: {','.join(map(str, nums))} -> {target}"
+        if style == "d1_eval":
+            return f"{D1_COUNTDOWN_EVAL}\n\nNumbers: {nums}\nTarget: {target}"
+        return (f"{D1_FORMAT}\nUsing only the numbers {nums}, create an arithmetic expression that evaluates "
+                f"to exactly {target}. You must use all numbers from the list, and each number must be used "
+                "exactly once. You may use the operations +, -, *, and / as needed. After reasoning, provide "
+                "only your final expression inside <answer></answer> tags without including an equals sign "
+                "or the target number. For example, if the numbers are [2, 3, 4] and the target is 5, a "
+                "valid answer is: <answer>\n2*4-3\n</answer>")
+
+    def reward(self, completion, example):
+        """TinyZero / d1 countdown reward: 1.0 right, 0.1 an answer that is wrong or invalid, 0 none."""
+        answer = _countdown_answer(_text(completion))
+        if answer is None:
+            return 0.0
+        v = _countdown_value(answer, example["numbers"])
+        return 1.0 if v is not None and abs(v - example["target"]) < Fraction(1, 10**5) else 0.1
+
+    def is_correct(self, completion, example):
+        return self.reward(completion, example) == 1.0
+
+    def reference(self, example, style="d1"):
+        expr = example.get("expr") or self._solve(example)
+        answer = f"\\boxed{{{expr}}}" if self._style(style, just=False) == "d1_eval" else expr
+        return _completion(f"{expr} = {example['target']}", answer, style)
+
+    @staticmethod
+    def _solve(example):
+        """An expression for a loaded problem (data files keep none)."""
+        for expr, v in _countdown_exprs(example["numbers"]):
+            if v == example["target"]:
+                return expr
+        raise ValueError(f"countdown problem {example} has no solution")
+
+# -----------------------------------------------------------------------------
+# Sudoku 4x4
+
+
+def _sudoku_grids():
+    """All 288 solved 4x4 grids as 16-character strings, filled cell by cell with backtracking."""
+    unit = [(i // 4, 4 + i % 4, 8 + i // 8 * 2 + i % 4 // 2) for i in range(16)]  # row, column, box
+
+    def fill(g):
+        if len(g) == 16:
+            yield "".join(g)
+        for d in "1234" if len(g) < 16 else "":
+            if all(g[j] != d for j in range(len(g)) if set(unit[j]) & set(unit[len(g)])):
+                yield from fill(g + [d])
+    return list(fill([]))
+
+
+SUDOKU_GRIDS = _sudoku_grids()
+# bit k of _HAS[cell][digit] is set when grid k has that digit there: the grids that fit a
+# puzzle are the AND over its givens, so uniqueness is one popcount
+_HAS = [{d: sum(1 << k for k, g in enumerate(SUDOKU_GRIDS) if g[i] == d) for d in "1234"} for i in range(16)]
+
+
+def sudoku_solutions(puzzle):
+    """Number of solved grids consistent with the puzzle's givens."""
+    fits = (1 << len(SUDOKU_GRIDS)) - 1
+    for i, d in enumerate(puzzle):
+        if d != "0":
+            fits &= _HAS[i][d]
+    return fits.bit_count()
+
+
+def _sudoku_cells(completion, example):
+    """(empty cells filled right, empty cells) for d1's rule: ASCII digits of the last <answer>,
+    the first 16, padded with '0'."""
+    answer = _last_answer(_text(completion))
+    empty = [i for i, d in enumerate(example["puzzle"]) if d == "0"]
+    if answer is None:
+        return 0, len(empty)
+    digits = re.sub(r"[^0-9]", "", answer)[:16].ljust(16, "0")
+    return sum(digits[i] == example["solution"][i] for i in empty), len(empty)
+
+
+def sudoku_metrics(completions, examples):
+    """d1's Sudoku report: pooled cell accuracy (right empty cells / all empty cells) and the
+    share of puzzles solved completely."""
+    cells = [_sudoku_cells(c, e) for c, e in zip(completions, examples)]
+    return {"cell_accuracy": sum(r for r, _ in cells) / max(1, sum(n for _, n in cells)),
+            "solved": sum(r == n > 0 for r, n in cells) / max(1, len(cells))}
+
+
+class Sudoku(Task):
+    name = "sudoku"
+
+    def from_row(self, row):
+        puzzle = row.get("Puzzle", row.get("puzzle"))  # the published CSV's header, or our JSONL keys
+        solution = row.get("Solution", row.get("solution"))
+        if not (re.fullmatch(r"[0-4]{16}", puzzle) and re.fullmatch(r"[1-4]{16}", solution)
+                and all(p in ("0", s) for p, s in zip(puzzle, solution))):
+            raise ValueError(f"puzzle {puzzle!r} / solution {solution!r} are not a 4x4 Sudoku")
+        return {"puzzle": puzzle, "solution": solution}
+
+    def generate(self, n, seed, split=None, empties=(6, 10)):
+        """n distinct puzzles of the split, each with a unique solution and a number of empty cells
+        drawn from the inclusive range `empties` (a 4x4 puzzle needs at least 4 givens)."""
+        if not 0 <= empties[0] <= empties[1] <= 12:
+            raise ValueError(f"empties {empties}: a 4x4 puzzle has 0 to 12 empty cells")
+        split, rng, out, seen = _split_for(seed, split), random.Random(seed), [], set()
+        while len(out) < n:
+            solution, k = rng.choice(SUDOKU_GRIDS), rng.randint(*empties)
+            puzzle = list(solution)
+            for i in rng.sample(range(16), 16):  # blank cells while the solution stays unique
+                if puzzle.count("0") == k:
+                    break
+                puzzle[i] = "0"
+                if sudoku_solutions(puzzle) != 1:
+                    puzzle[i] = solution[i]
+            puzzle = "".join(puzzle)
+            if puzzle.count("0") == k and _split_of(puzzle) == split and puzzle not in seen:
+                seen.add(puzzle)
+                out.append({"puzzle": puzzle, "solution": solution})
+        return out
+
+    def prompt(self, example, style="d1"):
+        if self._style(style, just=False) == "compact":
+            return f"Sudoku 4x4: {example['puzzle']}"
+        return f"{D1_SUDOKU}\n\nSolve the following Sudoku puzzle: {example['puzzle']}\n"
+
+    def reward(self, completion, example):
+        """d1 sudoku_reward_func: the share of empty cells filled right (0 without empty cells)."""
+        right, empty = _sudoku_cells(completion, example)
+        return right / empty if empty else 0.0
+
+    def is_correct(self, completion, example):
+        right, empty = _sudoku_cells(completion, example)
+        return right == empty > 0
+
+    def reference(self, example, style="d1"):
+        self._style(style, just=False)
+        return _completion("Fill each empty cell with the digit its row, column and box lack.",
+                           example["solution"], style)
+
+# -----------------------------------------------------------------------------
+
+TASKS = {"gsm8k": GSM8K, "math500": MATH500, "countdown": Countdown, "sudoku": Sudoku}
+
+
+def get_task(name):
+    if name not in TASKS:
+        raise ValueError(f"unknown task {name!r}: valid tasks are {', '.join(TASKS)}")
+    return TASKS[name]()

@@ -1,0 +1,408 @@
+"""
+GRPO for masked diffusion LMs: CJ-GRPO, JustGRPO and the one-step diffu-GRPO baseline.
+
+    python train_rl.py --algo cj_grpo                      # the bundled small model on Sudoku, any device
+    torchrun --nproc_per_node=8 train_rl.py --algo just_grpo --init /path/LLaDA-8B-Instruct \
+        --task gsm8k --data ../shared/data/gsm8k_train.jsonl --style just --gen_length 256 --lr 5e-6
+
+Every step: roll out G completions per prompt with sample.py's generate (keeping the
+trajectory), score them, turn rewards into group advantages, then num_iterations updates on
+those rollouts. The three algorithms differ only in which log-probabilities they train
+(SPEC.md section 3):
+- cj_grpo (consistency trajectory): at each decoding step i, log p(token | state x_i) of the
+  slots committed at step i: exactly the decisions the rollout made.
+- just_grpo: roll out left to right (one slot per step); log p(o_t | prompt, o_<t, masks).
+- diffu_grpo (d1): one forward on a fully masked completion (prompt masked at p = 0.15).
+Simplifications: full-parameter training (the references train LoRA adapters), no reward
+model, groups never span processes. Randomness is reseeded from (seed, step, rank) every step,
+so --resume continues a killed run exactly.
+"""
+import copy
+import json
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from model import LLaDA, load_tokenizer
+from sample import banned_ids, generate
+from tasks import get_task
+from train_sft import (MetricsLog, autocast, config_from_args, load_training_state, lr_at, prepare_model,
+                       save_training_checkpoint, setup_distributed)
+
+
+@dataclass
+class RLConfig:
+    algo: str = "cj_grpo"             # cj_grpo | just_grpo | diffu_grpo
+    init: str = "checkpoints/llada-tiny"
+    task: str = "sudoku"
+    data: str = ""                    # training data file (gsm8k, math500); generated for countdown/sudoku
+    style: str = "compact"            # prompt style: compact (small models), d1 (cj/diffu on 8B), just
+    out_dir: str = "out/rl"
+    steps: int = 40                   # optimizer steps
+    prompts_per_step: int = 16        # over all ranks
+    group_size: int = 6               # G completions per prompt
+    micro_batch: int = 48             # sequences per forward in the training phase
+    num_iterations: int = 2           # mu: updates per rollout batch (PPO clip applies from the 2nd)
+    lr: float = 2e-5
+    warmup: int = 5
+    weight_decay: float = 0.1
+    grad_clip: float = 0.2
+    clip_eps: float = 0.5             # CJ-GRPO's eps; JustGRPO publishes 0.2 (inert there, see just_grpo_loss)
+    beta: float = 0.0                 # KL weight to a frozen copy of the starting weights
+    std_norm: bool = False            # divide advantages by the group std (JustGRPO) or not (d1, CJ-GRPO)
+    gen_length: int = 64
+    schedule: str = "ass"             # rollout schedule for cj_grpo / diffu_grpo: ass | linear
+    diffusion_steps: int = 0          # 0 = log2(gen_length) for ass, gen_length / 2 for linear
+    block_length: int = 0             # 0 = gen_length (full diffusion); e.g. 32 for semi-AR
+    block_num: int = 1
+    eoser: bool = True
+    eos_min_gamma: float = 0.01
+    temperature: float = 1.0
+    prompt_mask_p: float = 0.15       # diffu_grpo: prompt tokens masked per iteration
+    top_entropy: float = 1.0          # just_grpo: train only this fraction of highest-entropy positions
+    skip_eos_tail: bool = False       # just_grpo: skip positions after the first EOS
+    stack: int = 64                   # just_grpo: (sequence, position) pairs per forward
+    eval_every: int = 10
+    eval_n: int = 256
+    save_every: int = 20
+    seed: int = 0
+    resume: bool = False
+    device: str = ""
+
+# -----------------------------------------------------------------------------
+# the GRPO pieces, one rule each
+
+
+def group_advantages(rewards, group_size, std_norm):
+    """A_j = r_j - mean(group); JustGRPO also divides by the unbiased group std + 1e-4."""
+    r = rewards.view(-1, group_size)
+    adv = r - r.mean(1, keepdim=True)
+    if std_norm:
+        adv = adv / (r.std(1, keepdim=True) + 1e-4)
+    return adv.flatten()
+
+
+def clipped_objective(logp, old_logp, adv, eps):
+    """PPO's clipped surrogate per token: min(rho A, clip(rho, 1-eps, 1+eps) A), rho = exp(logp - old)."""
+    rho = torch.exp(logp - old_logp)
+    obj = torch.minimum(rho * adv, rho.clamp(1 - eps, 1 + eps) * adv)
+    clipped = ((rho < 1 - eps) & (adv < 0)) | ((rho > 1 + eps) & (adv > 0))
+    return obj, clipped
+
+
+def k3_kl(logp, ref_logp):
+    """Schulman's k3 estimator of KL(pi || ref): exp(ref - logp) - (ref - logp) - 1 >= 0."""
+    d = ref_logp - logp
+    return torch.exp(d) - d - 1
+
+
+def token_logp(model, x, attn, P, L, tokens, temperature):
+    """log p(token) under the sampling distribution of sample.py (temperature applied, the mask
+    id and unused vocab rows excluded), for the L generation slots. Float32 log-softmax."""
+    logits = model(x, attention_mask=attn, logits_slice=slice(P, P + L))
+    return sampling_logp(logits, tokens, model.config, temperature)
+
+
+def sampling_logp(logits, tokens, config, temperature):
+    """log_softmax(logits / T)[token] in float32 with the ids sample.py never draws excluded
+    (T = 0 means greedy: the untempered distribution, as the trajectory stores)."""
+    logits = logits.float().masked_fill(banned_ids(config, logits.device), -math.inf)
+    return torch.log_softmax(logits / (temperature or 1.0), -1).gather(-1, tokens[..., None])[..., 0]
+
+
+def cj_grpo_loss(model, ref, mb, cfg, n_micro):
+    """CJ-GRPO (consistency trajectory GRPO), one micro-batch, backward step by step:
+        loss = (1/S) sum_i  -mean_{slots j committed at step i} [ min(rho A, clip(rho) A) - beta KL ]
+    with rho = exp(log p(x_j | state x_i) - the log-prob stored by the rollout at step i).
+    Every step weighs 1/S whatever its size; backward runs per step, so memory is that of one
+    step (the reference builds all S graphs first, so its memory grows with S)."""
+    P, L, S = mb["P"], mb["L"], mb["num_steps"]
+    gen = slice(P, P + L)
+    stats = dict(loss=0.0, clipped=0.0, kl=0.0, tokens=0)
+    for i in range(S):
+        committed = mb["step_of"][:, gen] == i
+        n = committed.sum()
+        if n == 0:
+            continue
+        state = torch.where(mb["step_of"] >= i, model.config.mask_token_id, mb["x"])
+        with autocast(mb["device"]):
+            logp = token_logp(model, state, mb["attn"], P, L, mb["x"][:, gen], cfg.temperature)
+        obj, clipped = clipped_objective(logp, mb["logp"][:, gen], mb["adv"][:, None], cfg.clip_eps)
+        if ref is not None:
+            with torch.no_grad(), autocast(mb["device"]):
+                ref_logp = token_logp(ref, state, mb["attn"], P, L, mb["x"][:, gen], cfg.temperature)
+            kl = k3_kl(logp, ref_logp)
+            obj = obj - cfg.beta * kl
+            stats["kl"] += (kl * committed).sum().item() / n.item() / S
+        loss = -(obj * committed).sum() / n / S
+        (loss / n_micro).backward()
+        stats["loss"] += loss.item()
+        stats["clipped"] += (clipped & committed).sum().item() / n.item() / S
+        stats["tokens"] += n.item()
+    return stats
+
+
+def just_grpo_loss(model, mb, cfg, n_micro, n_nonzero):
+    """JustGRPO, one micro-batch. Token t of completion o is scored on the input the AR rollout
+    saw (prompt + o_<t + masks): loss = -sum_t A log p(o_t | ...) / (L (n + 1e-5)), n = number of
+    completions with A != 0. As published the ratio is exp(logp - logp.detach()) == 1, so the
+    clip never acts and this is REINFORCE with the group baseline: we write it that way.
+    Positions share forwards: each (sequence, position) pair is one row of a stacked batch."""
+    P, L = mb["P"], mb["L"]
+    train = mb["step_of"][:, P:] >= 0
+    if cfg.skip_eos_tail:  # after the first EOS a trained model is near certain: little gradient
+        eos = mb["x"][:, P:] == model.config.eos_token_id
+        first = torch.where(eos.any(1), eos.float().argmax(1), L)
+        train &= torch.arange(L, device=eos.device)[None] <= first[:, None]
+    if cfg.top_entropy < 1.0:  # train only the rollout's highest-entropy positions (per sequence)
+        k = max(1, math.ceil(cfg.top_entropy * L))
+        top = mb["entropy"][:, P:].topk(k, dim=1).indices
+        train &= torch.zeros_like(train).scatter_(1, top, True)
+    rows, slots = train.nonzero(as_tuple=True)
+    scale = 1.0 / (L * (n_nonzero + 1e-5))
+    total = 0.0
+    for c in range(0, len(rows), cfg.stack):
+        r, s = rows[c:c + cfg.stack], slots[c:c + cfg.stack]
+        step = mb["step_of"][r, P + s]
+        state = torch.where(mb["step_of"][r] >= step[:, None], model.config.mask_token_id, mb["x"][r])
+        with autocast(mb["device"]):
+            logits = model(state, attention_mask=mb["attn"][r], logits_slice=(P + s)[:, None])
+        logp = sampling_logp(logits[:, 0], mb["x"][r, P + s], model.config, cfg.temperature)
+        loss = -(mb["adv"][r] * logp).sum() * scale
+        loss.backward()  # summed, not averaged, over micro-batches (as published)
+        total += loss.item()
+    return dict(loss=total, clipped=0.0, kl=0.0, tokens=len(rows))
+
+
+def diffu_mask(prompt_attn, p, seed):
+    """d1's random prompt masking: each real prompt token masked with probability p; the same
+    mask (from `seed`) serves logp_old, logp_ref and logp of one inner iteration."""
+    g = torch.Generator().manual_seed(seed)
+    return (torch.rand(prompt_attn.shape, generator=g) < p).to(prompt_attn.device) & prompt_attn
+
+
+def diffu_grpo_logp(model, mb, iteration, cfg):
+    P, L = mb["P"], mb["L"]
+    x = mb["x"].clone()
+    x[:, P:] = model.config.mask_token_id
+    x[:, :P] = torch.where(mb["prompt_masks"][iteration], model.config.mask_token_id, x[:, :P])
+    with autocast(mb["device"]):
+        return token_logp(model, x, mb["attn"], P, L, mb["x"][:, P:], cfg.temperature)
+
+
+def diffu_grpo_loss(model, ref, mb, iteration, cfg, n_micro):
+    """diffu-GRPO (d1): one forward on a fully masked completion; per-token clipped objective
+    averaged over the completion tokens up to and including the first EOS."""
+    P = mb["P"]
+    logp = diffu_grpo_logp(model, mb, iteration, cfg)
+    old = mb["old_logp"][iteration] if "old_logp" in mb else logp.detach()
+    obj, clipped = clipped_objective(logp, old, mb["adv"][:, None], cfg.clip_eps)
+    eos = mb["x"][:, P:] == model.config.eos_token_id
+    keep = (eos.cumsum(1) - eos.long()) == 0  # up to and including the first EOS
+    kl_mean = 0.0
+    if ref is not None:
+        with torch.no_grad():
+            kl = k3_kl(logp, diffu_grpo_logp(ref, mb, iteration, cfg))
+        obj = obj - cfg.beta * kl
+        kl_mean = ((kl * keep).sum() / keep.sum()).item()
+    loss = -(obj * keep).sum() / keep.sum()
+    (loss / n_micro).backward()
+    return dict(loss=loss.item(), clipped=((clipped & keep).sum() / keep.sum()).item(), kl=kl_mean, tokens=keep.sum().item())
+
+# -----------------------------------------------------------------------------
+# rollouts, evaluation, the loop
+
+
+def decode_kwargs(cfg, algo):
+    """The rollout's decoding: AR order for JustGRPO, else the configured schedule."""
+    L = cfg.gen_length
+    if algo == "just_grpo":
+        return dict(schedule="linear", steps=L, block_length=1)
+    if cfg.schedule == "ass":
+        return dict(schedule="ass", steps=cfg.diffusion_steps or L.bit_length() - 1, block_num=cfg.block_num,
+                    eoser=cfg.eoser, eos_min_gamma=cfg.eos_min_gamma)
+    return dict(schedule="linear", steps=cfg.diffusion_steps or L // 2, block_length=cfg.block_length or L,
+                eoser=cfg.eoser, eos_min_gamma=cfg.eos_min_gamma)
+
+
+def encode_prompts(tok, task, examples, style, device):
+    ids = [tok.chat_prompt(task.prompt(ex, style=style)) for ex in examples]
+    P = max(map(len, ids))
+    prompts = torch.full((len(ids), P), tok.eos_id)
+    attn = torch.zeros(len(ids), P, dtype=torch.bool)
+    for i, p in enumerate(ids):
+        prompts[i, P - len(p):], attn[i, P - len(p):] = torch.tensor(p), True
+    return prompts.to(device), attn.to(device)
+
+
+def score(tok, task, x, P, examples, algo):
+    texts = [tok.decode(row, skip_special=True) for row in x[:, P:].cpu()]
+    if algo == "just_grpo":  # JustGRPO: +1 correct / -1 wrong, no format terms
+        return torch.tensor([1.0 if task.is_correct(t, ex) else -1.0 for t, ex in zip(texts, examples)])
+    return torch.tensor([float(task.reward(t, ex)) for t, ex in zip(texts, examples)])
+
+
+@torch.no_grad()
+def evaluate(model, tok, task, examples, cfg, decoding, device, rank, world, batch_size=128):
+    """Held-out accuracy and mean reward at temperature 0; each rank takes a share."""
+    model.eval()
+    mine = examples[rank::world]
+    correct = reward = 0.0
+    for i in range(0, len(mine), batch_size):
+        chunk = mine[i:i + batch_size]
+        prompts, attn = encode_prompts(tok, task, chunk, cfg.style, device)
+        with autocast(device):
+            x = generate(model, prompts, attention_mask=attn, gen_length=cfg.gen_length, **decoding)
+        for row, ex in zip(x[:, prompts.size(1):].cpu(), chunk):
+            text = tok.decode(row, skip_special=True)
+            correct += task.is_correct(text, ex)
+            reward += float(task.reward(text, ex))
+    totals = torch.tensor([correct, reward], device=device)
+    if dist.is_initialized():
+        dist.all_reduce(totals)
+    model.train()
+    return (totals / len(examples)).tolist()
+
+
+def rollout(model, tok, task, examples, cfg, device):
+    """G completions per prompt with the trajectory; returns the training batch as tensors."""
+    group = [ex for ex in examples for _ in range(cfg.group_size)]
+    prompts, attn = encode_prompts(tok, task, group, cfg.style, device)
+    model.eval()
+    with torch.no_grad(), autocast(device):
+        x, traj = generate(model, prompts, attention_mask=attn, gen_length=cfg.gen_length, temperature=cfg.temperature,
+                           return_trajectory=True, **decode_kwargs(cfg, cfg.algo))
+    model.train()
+    P = prompts.size(1)
+    rewards = score(tok, task, x, P, group, cfg.algo)
+    full_attn = torch.cat([attn, torch.ones(len(group), cfg.gen_length, dtype=torch.bool, device=device)], 1)
+    batch = dict(x=x, step_of=traj.step_of, logp=traj.logp, attn=full_attn, P=P, L=cfg.gen_length,
+                 num_steps=traj.num_steps, rewards=rewards.to(device), device=device,
+                 adv=group_advantages(rewards, cfg.group_size, cfg.std_norm).to(device))
+    if getattr(traj, "entropy", None) is not None:
+        batch["entropy"] = traj.entropy
+    return batch
+
+
+def micro_batches(batch, size):
+    keys = [k for k, v in batch.items() if torch.is_tensor(v) and v.dim() >= 1 and v.size(0) == len(batch["x"])]
+    for i in range(0, len(batch["x"]), size):
+        mb = {**batch, **{k: batch[k][i:i + size] for k in keys}}
+        if "prompt_masks" in batch:
+            mb["prompt_masks"] = batch["prompt_masks"][:, i:i + size]
+        if "old_logp" in batch:
+            mb["old_logp"] = batch["old_logp"][:, i:i + size]
+        yield mb
+
+
+def train_on_rollout(model, ref, optimizer, batch, cfg, world):
+    """num_iterations updates on one rollout batch; returns averaged stats."""
+    stats = dict(loss=0.0, clipped=0.0, kl=0.0, tokens=0, skipped=0)
+    n_micro = math.ceil(len(batch["x"]) / cfg.micro_batch)
+    for it in range(cfg.num_iterations):
+        for mb in micro_batches(batch, cfg.micro_batch):
+            if cfg.algo == "cj_grpo":
+                s = cj_grpo_loss(model, ref, mb, cfg, n_micro)
+            elif cfg.algo == "diffu_grpo":
+                s = diffu_grpo_loss(model, ref, mb, it, cfg, n_micro)
+            else:
+                n_nonzero = torch.tensor(float((mb["adv"] != 0).sum()), device=mb["device"])
+                if dist.is_initialized():  # averaged over ranks, as published
+                    dist.all_reduce(n_nonzero)
+                    n_nonzero /= world
+                s = just_grpo_loss(model, mb, cfg, n_micro, n_nonzero.item())
+            for k in ("loss", "clipped", "kl"):
+                stats[k] += s[k] / (n_micro * cfg.num_iterations)
+            stats["tokens"] += s["tokens"]
+        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        grad_norm = grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm  # FSDP: a DTensor
+        if torch.isfinite(grad_norm):  # a non-finite gradient never reaches the weights
+            optimizer.step()
+        else:
+            stats["skipped"] += 1
+            tqdm.write(f"non-finite gradient (norm {grad_norm.item()}): update skipped")
+        optimizer.zero_grad(set_to_none=True)
+    return stats
+
+
+def check_config(cfg):
+    if cfg.algo not in ("cj_grpo", "just_grpo", "diffu_grpo"):
+        raise ValueError(f"--algo {cfg.algo!r}: expected cj_grpo, just_grpo or diffu_grpo")
+    if cfg.algo == "just_grpo" and cfg.num_iterations != 1:
+        raise ValueError("--num_iterations must be 1 for just_grpo: it has no importance ratio (see just_grpo_loss)")
+    if cfg.group_size < 2:
+        raise ValueError(f"--group_size {cfg.group_size}: a group needs at least 2 completions")
+    if not 0 < cfg.top_entropy <= 1:
+        raise ValueError(f"--top_entropy {cfg.top_entropy}: expected a fraction in (0, 1]")
+
+
+def main(cfg):
+    check_config(cfg)
+    rank, world, device = setup_distributed(cfg.device)
+    if cfg.prompts_per_step % world:
+        raise ValueError(f"--prompts_per_step {cfg.prompts_per_step} must divide by the number of processes {world}")
+    out = Path(cfg.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    start = out / "latest" if cfg.resume else Path(cfg.init)
+    if cfg.resume and not (start / "train_state.pt").is_file():
+        raise FileNotFoundError(f"--resume: {start}/train_state.pt not found")
+    model = LLaDA.from_pretrained(start)
+    tok = load_tokenizer(model.source_dir)
+    ref = None
+    if cfg.beta > 0:
+        ref = prepare_model(LLaDA.from_pretrained(cfg.init), world, device).eval().requires_grad_(False)
+    model = prepare_model(model, world, device)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.9, 0.99), weight_decay=cfg.weight_decay)
+    step = load_training_state(start, model, optimizer) if cfg.resume else 0
+    task = get_task(cfg.task)
+    train_set = task.load(cfg.data) if cfg.data else task.generate(20000, seed=0)
+    held_out = task.generate(cfg.eval_n, seed=1) if not cfg.data else train_set[-cfg.eval_n:]
+    log = MetricsLog(out, rank)
+    per_rank = cfg.prompts_per_step // world
+    pbar = tqdm(range(step, cfg.steps), initial=step, total=cfg.steps, disable=rank != 0)
+    for step in pbar:
+        torch.manual_seed(cfg.seed * 1_000_003 + step * world + rank)
+        epoch, pos = divmod(step * cfg.prompts_per_step, len(train_set) - len(train_set) % cfg.prompts_per_step)
+        order = torch.randperm(len(train_set), generator=torch.Generator().manual_seed(cfg.seed * 7 + epoch))
+        examples = [train_set[i] for i in order[pos + rank * per_rank:pos + (rank + 1) * per_rank]]
+        for g in optimizer.param_groups:
+            g["lr"] = lr_at(step, cfg.lr, cfg.warmup)
+        t0 = time.time()
+        batch = rollout(model, tok, task, examples, cfg, device)
+        if cfg.algo == "diffu_grpo":
+            prompt_attn = batch["attn"][:, :batch["P"]]
+            batch["prompt_masks"] = torch.stack([diffu_mask(prompt_attn.cpu(), cfg.prompt_mask_p, cfg.seed * 7919 + step * 131 + j)
+                                                 for j in range(cfg.num_iterations)]).to(device)
+            if cfg.num_iterations > 1:
+                with torch.no_grad():
+                    batch["old_logp"] = torch.stack([diffu_grpo_logp(model, batch, j, cfg) for j in range(cfg.num_iterations)])
+        t1 = time.time()
+        stats = train_on_rollout(model, ref, optimizer, batch, cfg, world)
+        t2 = time.time()
+        r = batch["rewards"].view(-1, cfg.group_size)
+        eos = batch["x"][:, batch["P"]:] == model.config.eos_token_id
+        length = torch.where(eos.any(1), eos.float().argmax(1), cfg.gen_length).float()
+        row = dict(step=step + 1, reward_mean=r.mean().item(), reward_std=r.std(1).mean().item(),
+                   zero_spread=(r.std(1) == 0).float().mean().item(), completion_length=length.mean().item(),
+                   rollout_time=t1 - t0, train_time=t2 - t1, lr=lr_at(step, cfg.lr, cfg.warmup),
+                   train_tokens_per_s=batch["x"].numel() * cfg.num_iterations / (t2 - t1), **stats)
+        if (step + 1) % cfg.eval_every == 0 or step + 1 == cfg.steps:
+            row["eval_acc"], row["eval_reward"] = evaluate(model, tok, task, held_out, cfg, decode_kwargs(cfg, cfg.algo),
+                                                           device, rank, world)
+            tqdm.write(json.dumps(row))
+        log.write(**row)
+        pbar.set_postfix(reward=f"{row['reward_mean']:.3f}", loss=f"{row['loss']:.4f}")
+        if (step + 1) % cfg.save_every == 0 or step + 1 == cfg.steps:
+            save_training_checkpoint(out, model, optimizer, step + 1, cfg, rank)
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main(config_from_args(RLConfig))

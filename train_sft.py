@@ -1,0 +1,278 @@
+"""
+Masked-diffusion supervised fine-tuning: LLaDA's SFT objective, from scratch or from a checkpoint.
+
+    python train_sft.py                          # the small bundled model: sudoku + countdown, any device
+    torchrun --nproc_per_node=8 train_sft.py --init /path/LLaDA-8B-Instruct --tasks gsm8k \
+        --data ../shared/data/gsm8k_train.jsonl --style d1 --gen_length 256 --lr 1e-5
+
+The objective (LLaDA, Nie et al. 2025, SFT): the prompt is never masked; the response, padded
+with EOS to gen_length, is masked token by token with probability t ~ U(eps, 1) drawn per
+sequence, and
+    loss = -(1/B) sum_b (1/L) sum_{i masked} log p(r_i | x_t) / t_b
+This file also holds the pieces train_rl.py shares: flags from a dataclass, the distributed
+setup (FSDP2), and training checkpoints that a killed run resumes from.
+Randomness is reseeded from (seed, step, rank) at every step, so resuming needs only the step.
+"""
+import argparse
+import json
+import os
+import time
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from model import LLaDA, byte_tokenizer_config, load_tokenizer, save_checkpoint, write_byte_tokenizer
+
+
+@dataclass
+class SFTConfig:
+    out_dir: str = "out/sft"          # checkpoints (LLaDA layout) and metrics.jsonl
+    init: str = ""                    # checkpoint to start from; "" = random init of the small config below
+    tasks: str = "sudoku,countdown"   # comma list of tasks.py names
+    data: str = ""                    # data file for tasks without a generator (gsm8k)
+    style: str = "compact"            # prompt style of tasks.py: compact (small models) or d1
+    n_train: int = 50000              # generated training examples per task
+    gen_length: int = 64              # response window: the answer padded with EOS
+    d_model: int = 192                # small config: ~2.8M parameters, 5.5 MB in bf16
+    n_layers: int = 6
+    n_heads: int = 6
+    mlp_hidden_size: int = 512
+    batch_size: int = 128             # sequences per optimizer step, over all ranks
+    lr: float = 1e-3
+    warmup: int = 100
+    max_steps: int = 3000
+    weight_decay: float = 0.1
+    grad_clip: float = 1.0
+    eps: float = 1e-3                 # LLaDA's lower bound on the masking rate
+    eval_every: int = 500
+    eval_n: int = 256                 # held-out examples per task
+    save_every: int = 500
+    keep_every_save: bool = False     # keep step_N/ copies of every save (to pick a checkpoint later)
+    seed: int = 0
+    resume: bool = False
+    device: str = ""                  # "" = cuda if available else cpu
+    compile: bool = False
+
+# -----------------------------------------------------------------------------
+# shared with train_rl.py
+
+
+def config_from_args(cls, argv=None):
+    """Command-line flags from a dataclass's fields, defaults included."""
+    parser = argparse.ArgumentParser(description=cls.__doc__)
+    for f in fields(cls):
+        if f.type in (bool, "bool"):
+            parser.add_argument(f"--{f.name}", type=lambda s: s.lower() in ("1", "true", "yes"),
+                                nargs="?", const=True, default=f.default)
+        else:
+            parser.add_argument(f"--{f.name}", type=type(f.default), default=f.default)
+    return cls(**vars(parser.parse_args(argv)))
+
+
+def setup_distributed(device=""):
+    """torchrun's environment -> (rank, world_size, device). Without torchrun: one process."""
+    if "RANK" in os.environ:
+        backend = "nccl" if torch.cuda.is_available() and device != "cpu" else "gloo"
+        dist.init_process_group(backend)
+        rank, world = dist.get_rank(), dist.get_world_size()
+    else:
+        rank, world = 0, 1
+    if not device:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda":
+        local = int(os.environ.get("LOCAL_RANK", 0))
+        torch.cuda.set_device(local)
+        device = f"cuda:{local}"
+    return rank, world, torch.device(device)
+
+
+def prepare_model(model, world, device, compile=False):
+    """Activation checkpointing per block, then FSDP2 per block and on the root (torchtitan's
+    recipe). Parameters stay float32 (master weights: at lr 3e-6 a bf16 weight cannot take
+    the update); on the GPU compute runs in bf16 with float32 gradient reduction."""
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+    model.to(device=device, dtype=torch.float32)
+    if compile:
+        model.compile_blocks()
+    if world > 1 or dist.is_initialized():
+        model.activation_checkpointing = device.type == "cuda"
+        mp = MixedPrecisionPolicy(param_dtype=torch.bfloat16 if device.type == "cuda" else torch.float32,
+                                  reduce_dtype=torch.float32)
+        for block in model.transformer.blocks:
+            fully_shard(block, mp_policy=mp)
+        fully_shard(model, mp_policy=mp)
+    return model
+
+
+def autocast(device):
+    """bf16 compute for an unsharded model on the GPU (FSDP does the cast itself)."""
+    return torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda" and not dist.is_initialized())
+
+
+def save_training_checkpoint(out_dir, model, optimizer, step, cfg, rank, keep_copy=False):
+    """out_dir/latest: the model in the LLaDA layout plus train_state.pt (optimizer, step,
+    config), gathered from all ranks and written by rank 0, complete or not at all."""
+    from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict,
+                                                         get_optimizer_state_dict)
+    opts = StateDictOptions(full_state_dict=True, cpu_offload=True)
+    state = get_model_state_dict(model, options=opts)
+    train_state = {"optimizer": get_optimizer_state_dict(model, optimizer, options=opts), "step": step, "config": asdict(cfg)}
+    if rank != 0:
+        return
+    for name in ["latest"] + ([f"step_{step}"] if keep_copy else []):
+        save_checkpoint(Path(out_dir) / name, state, model.config, files_from=model.source_dir, train_state=train_state)
+
+
+def load_training_state(ckpt_dir, model, optimizer):
+    """Restore the optimizer from ckpt_dir/train_state.pt; returns the step to continue from."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+    state = torch.load(Path(ckpt_dir) / "train_state.pt", map_location="cpu", weights_only=False)
+    set_optimizer_state_dict(model, optimizer, state["optimizer"], options=StateDictOptions(full_state_dict=True))
+    return state["step"]
+
+
+def lr_at(step, lr, warmup):
+    return lr * min(1.0, (step + 1) / max(1, warmup))
+
+
+class MetricsLog:
+    """metrics.jsonl: one JSON object per line, written by rank 0."""
+
+    def __init__(self, out_dir, rank):
+        self.path = Path(out_dir) / "metrics.jsonl" if rank == 0 else None
+
+    def write(self, **row):
+        if self.path:
+            with open(self.path, "a") as f:
+                f.write(json.dumps(row) + "\n")
+
+# -----------------------------------------------------------------------------
+# data and the SFT loss
+
+
+def build_examples(cfg, tok, split):
+    """Tokenised (prompt, response) pairs: prompts left-padded with a key mask, responses =
+    reference completion + <|eot_id|>, padded with EOS to gen_length (as LLaDA's SFT data)."""
+    from tasks import get_task
+    rows = []
+    for name in cfg.tasks.split(","):
+        task = get_task(name)
+        if cfg.data:
+            examples = task.load(cfg.data)
+        else:
+            examples = task.generate(cfg.n_train if split == "train" else cfg.eval_n, seed=0 if split == "train" else 1)
+        for ex in examples:
+            rows.append((name, ex, tok.chat_prompt(task.prompt(ex, style=cfg.style)),
+                         tok.encode(task.reference(ex, style=cfg.style)) + [tok.eot_id]))
+    too_long = [r for r in rows if len(r[3]) > cfg.gen_length]
+    if too_long:
+        raise ValueError(f"--gen_length {cfg.gen_length}: {len(too_long)} reference answers are longer "
+                         f"(longest {max(len(r[3]) for r in too_long)} tokens)")
+    P = max(len(r[2]) for r in rows)
+    prompts = torch.full((len(rows), P), tok.eos_id)
+    prompt_mask = torch.zeros(len(rows), P, dtype=torch.bool)
+    responses = torch.full((len(rows), cfg.gen_length), tok.eos_id)
+    for i, (_, _, p, r) in enumerate(rows):
+        prompts[i, P - len(p):] = torch.tensor(p)
+        prompt_mask[i, P - len(p):] = True
+        responses[i, :len(r)] = torch.tensor(r)
+    return rows, prompts, prompt_mask, responses
+
+
+def draw_masks(B, L, eps, generator):
+    """t ~ U(eps, 1) per sequence; each response slot masked with probability t."""
+    t = eps + (1 - eps) * torch.rand(B, generator=generator)
+    masked = torch.rand(B, L, generator=generator) < t[:, None]
+    return t, masked
+
+
+def sft_loss(model, prompts, prompt_mask, responses, t, masked, mask_id):
+    """LLaDA's SFT loss: -(1/B) sum_b (1/L) sum_{i masked} log p(r_i | x_t) / t_b."""
+    B, L = responses.shape
+    x = torch.cat([prompts, torch.where(masked, mask_id, responses)], 1)
+    attn = torch.cat([prompt_mask, torch.ones_like(masked)], 1)
+    logits = model(x, attention_mask=attn, logits_slice=slice(prompts.size(1), None)).float()
+    ce = F.cross_entropy(logits.transpose(1, 2), responses, reduction="none")  # (B, L)
+    return ((ce * masked) / t[:, None]).sum(1).div(L).mean()
+
+
+@torch.no_grad()
+def evaluate(model, tok, rows, prompts, prompt_mask, gen_length, device, batch_size=256):
+    """Held-out accuracy per task with ASS + EOSER at log2(L) steps (the papers' fast decoding)."""
+    from sample import generate
+    from tasks import get_task
+    model.eval()
+    correct, total = {}, {}
+    for i in range(0, len(rows), batch_size):
+        with autocast(device):
+            x = generate(model, prompts[i:i + batch_size].to(device), attention_mask=prompt_mask[i:i + batch_size].to(device),
+                         gen_length=gen_length, steps=int(gen_length).bit_length() - 1, schedule="ass", eoser=True)
+        for (name, ex, _, _), out in zip(rows[i:i + batch_size], x[:, prompts.size(1):].cpu()):
+            text = tok.decode(out, skip_special=True)
+            correct[name] = correct.get(name, 0) + get_task(name).is_correct(text, ex)
+            total[name] = total.get(name, 0) + 1
+    model.train()
+    return {f"acc_{k}": correct[k] / total[k] for k in total}
+
+
+def main(cfg):
+    rank, world, device = setup_distributed(cfg.device)
+    out = Path(cfg.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    resume_dir = out / "latest"
+    if cfg.resume and not (resume_dir / "train_state.pt").is_file():
+        raise FileNotFoundError(f"--resume: {resume_dir}/train_state.pt not found")
+    if cfg.resume or cfg.init:
+        model = LLaDA.from_pretrained(resume_dir if cfg.resume else cfg.init)
+    else:
+        torch.manual_seed(cfg.seed)
+        model = LLaDA(byte_tokenizer_config(d_model=cfg.d_model, n_layers=cfg.n_layers, n_heads=cfg.n_heads,
+                                            n_kv_heads=cfg.n_heads, mlp_hidden_size=cfg.mlp_hidden_size,
+                                            max_sequence_length=512))
+        model.source_dir = write_byte_tokenizer(out / ".tokenizer")
+    tok = load_tokenizer(model.source_dir)
+    model = prepare_model(model, world, device, cfg.compile)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.9, 0.95), weight_decay=cfg.weight_decay)
+    step = load_training_state(resume_dir, model, optimizer) if cfg.resume else 0
+    rows, prompts, prompt_mask, responses = build_examples(cfg, tok, "train")
+    held_out = build_examples(cfg, tok, "test")
+    if cfg.batch_size % world:
+        raise ValueError(f"--batch_size {cfg.batch_size} must divide by the number of processes {world}")
+    per_rank = cfg.batch_size // world
+    log = MetricsLog(out, rank)
+    pbar = tqdm(range(step, cfg.max_steps), initial=step, total=cfg.max_steps, disable=rank != 0)
+    for step in pbar:
+        g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step * world + rank)
+        idx = torch.randint(len(rows), (per_rank,), generator=g)
+        t, masked = draw_masks(per_rank, cfg.gen_length, cfg.eps, g)
+        for group in optimizer.param_groups:
+            group["lr"] = lr_at(step, cfg.lr, cfg.warmup)
+        t0 = time.time()
+        with autocast(device):
+            loss = sft_loss(model, prompts[idx].to(device), prompt_mask[idx].to(device), responses[idx].to(device),
+                            t.to(device), masked.to(device), model.config.mask_token_id)
+        loss.backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        grad_norm = grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm  # FSDP: a DTensor
+        if torch.isfinite(grad_norm):
+            optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        row = dict(step=step + 1, loss=loss.item(), grad_norm=grad_norm.item(), lr=lr_at(step, cfg.lr, cfg.warmup),
+                   step_time=time.time() - t0, skipped=not torch.isfinite(grad_norm).item())
+        if (step + 1) % cfg.eval_every == 0 or step + 1 == cfg.max_steps:
+            row.update(evaluate(model, tok, *held_out[:3], cfg.gen_length, device))
+            tqdm.write(json.dumps(row))
+        log.write(**row)
+        pbar.set_postfix(loss=f"{row['loss']:.3f}")
+        if (step + 1) % cfg.save_every == 0 or step + 1 == cfg.max_steps:
+            save_training_checkpoint(out, model, optimizer, step + 1, cfg, rank, cfg.keep_every_save)
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main(config_from_args(SFTConfig))
