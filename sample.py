@@ -93,8 +93,8 @@ def sample_slots(logits, banned, temperature, want_entropy):
         g = torch.rand(logits.shape, dtype=torch.float64, device=logits.device).log_().neg_().log_().neg_()
         x0 = g.add_(logits, alpha=1 / t).argmax(-1)
     l0 = logits.gather(-1, x0[:, None])[:, 0]
-    conf = (l0 - logits.logsumexp(-1)).exp()
-    logp = (l0 - logits.logsumexp(-1)) if t == 1 else (l0 / t - (logits / t).logsumexp(-1))
+    lp = l0 - logits.logsumexp(-1)
+    conf, logp = lp.exp(), (lp if t == 1 else l0 / t - (logits / t).logsumexp(-1))
     ent = torch.special.entr((logits / t).softmax(-1)).sum(-1) if want_entropy else None
     return x0, conf, logp, ent
 
@@ -323,7 +323,7 @@ def load(path, device, dtype):
     if os.path.isdir(path):
         return LLaDA.from_pretrained(path, device=device, dtype=dtype).eval(), load_tokenizer(path)
     print(f"notice: no model at {path!r}: using a tiny RANDOM model with a byte-level tokenizer, "
-          f"so the output is noise (the bundled one lands in checkpoints/llada-tiny)", file=sys.stderr)
+          f"so the output is noise (the bundled model is checkpoints/llada-tiny)", file=sys.stderr)
     torch.manual_seed(0)
     cfg = byte_tokenizer_config(d_model=64, n_layers=2, n_heads=4, n_kv_heads=4, mlp_hidden_size=128, max_sequence_length=512)
     return LLaDA(cfg).to(device=device, dtype=dtype).eval(), byte_tokenizer()
@@ -352,7 +352,7 @@ def main():
     p.add_argument("--data", default=None, help="task data file (JSONL / CSV) instead of generated examples")
     p.add_argument("--eval", type=int, default=0, metavar="N", help="evaluate N held-out task examples")
     p.add_argument("--batch_size", type=int, default=16, help="prompts per generate() call in --eval")
-    p.add_argument("--gen_length", type=int, default=None, help="default: 256, or what fits a small model")
+    p.add_argument("--gen_length", type=int, default=None, help="default: 256 for LLaDA-8B, 64 (their training window) for small models")
     p.add_argument("--steps", type=int, default=None, help="default: gen_length (linear), log2 gen_length (ass)")
     p.add_argument("--schedule", default="linear", choices=SCHEDULES)
     p.add_argument("--block_length", type=int, default=None, help="linear / adaptive block; default: the window")
@@ -382,10 +382,9 @@ def main():
     else:
         texts = [a.prompt]
     prompts = [tok.chat_prompt(t) for t in texts]
-    room = min(256, model.config.max_sequence_length - max(map(len, prompts)))  # small models: a power of 2 that fits
     kw = {k: getattr(a, k) for k in ("steps", "schedule", "block_length", "block_num", "eoser", "eos_min_gamma",
           "eos_max_gamma", "remasking", "temperature", "cfg_scale", "threshold", "entropy_bound", "compile")}
-    kw.update(gen_length=a.gen_length or 1 << (room.bit_length() - 1), return_trajectory=True)
+    kw.update(gen_length=a.gen_length or (256 if style == "d1" else 64), return_trajectory=True)
     if a.eval:
         return evaluate(model, tok, task, examples, prompts, a, kw)
     ids = torch.tensor(prompts[:1], device=a.device)

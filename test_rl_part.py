@@ -178,7 +178,7 @@ def make_init_checkpoint(tmp_path):
     return tmp_path / "init"
 
 
-RL_SMALL = ["--task", "sudoku", "--prompts_per_step", "2", "--group_size", "2", "--gen_length", "40",
+RL_SMALL = ["--task", "sudoku", "--n_train", "64", "--prompts_per_step", "2", "--group_size", "2", "--gen_length", "40",
             "--micro_batch", "2", "--eval_n", "2", "--eval_every", "100", "--num_iterations", "2", "--lr", "1e-3"]
 
 

@@ -8,19 +8,20 @@ import model as M
 import sample as S
 
 
-def tiny_model(seed=0, dtype=torch.float64, **kw):
+def sample_model(seed=0, dtype=torch.float64, **kw):
     torch.manual_seed(seed)
     cfg = M.byte_tokenizer_config(**{**dict(d_model=32, n_layers=2, n_heads=4, n_kv_heads=2,
                                              mlp_hidden_size=48, max_sequence_length=128), **kw})
     return M.LLaDA(cfg).to(dtype).eval()
 
 
-def prompt(B=2, P=5, seed=1):
+def sample_prompt(B=2, P=5, seed=1):
     return torch.randint(0, 256, (B, P), generator=torch.Generator().manual_seed(seed))
 
 
-class Rigged(torch.nn.Module):
-    """Fixed logits: EOS, very confident, in the right half of the window; a token 'a', less confident, in the left."""
+class RiggedEOS(torch.nn.Module):
+    """EOS, very confident, in the right half of the window; a token 'a', less confident, in the left; and
+    each committed (visible) token predicts itself with confidence ~1, as a trained model does."""
 
     def __init__(self, P, L):
         super().__init__()
@@ -34,6 +35,7 @@ class Rigged(torch.nn.Module):
         logits[:, self.P + self.L // 2:, ord("a")] = 0.0
         logits[:, self.P + self.L // 2:, self.config.eos_token_id] = 10.0  # conf ~ 0.99
         logits[:, :, self.config.mask_token_id] = 50.0                  # must never be a candidate
+        logits.scatter_add_(2, input_ids[..., None], torch.full((B, T, 1), 20.0))  # a visible token predicts itself
         return logits.gather(1, logits_slice[..., None].expand(-1, -1, logits.size(-1)))
 
 # -----------------------------------------------------------------------------
@@ -66,7 +68,7 @@ def test_eoser_gamma_formulas():
     assert g == sorted(g)
 
 
-CASES = [  # kwargs, expected committed count per step (each row)
+SCHEDULE_CASES = [  # kwargs, expected committed count per step (each row)
     (dict(gen_length=16, steps=6), [3, 3, 3, 3, 2, 2]),
     (dict(gen_length=16, steps=8, block_length=4), [2] * 8),
     (dict(gen_length=12, steps=4, block_length=6, temperature=1.0), [3] * 4),
@@ -78,9 +80,9 @@ CASES = [  # kwargs, expected committed count per step (each row)
 ]
 
 
-@pytest.mark.parametrize("kw,counts", CASES)
+@pytest.mark.parametrize("kw,counts", SCHEDULE_CASES)
 def test_generate_follows_schedule(kw, counts):
-    model, ids = tiny_model(), prompt()
+    model, ids = sample_model(), sample_prompt()
     P = ids.shape[1]
     snaps = []
     x, tr = S.generate(model, ids, return_trajectory=True, callback=lambda c, x: snaps.append(x.clone()), **kw)
@@ -97,8 +99,13 @@ def test_generate_follows_schedule(kw, counts):
         assert (snap[kept] == x[kept]).all()
 
 
+def test_steps_beyond_the_slots_are_empty_and_skip_the_model():
+    x, tr = S.generate(sample_model(), sample_prompt(), gen_length=4, steps=8, return_trajectory=True)
+    assert [c.sum(1).tolist() for c in tr.committed] == [[1, 1]] * 4 + [[0, 0]] * 4 and tr.num_calls == 4
+
+
 def test_semi_ar_and_ass_blocks_stay_inside_their_block():
-    model, ids = tiny_model(), prompt()
+    model, ids = sample_model(), sample_prompt()
     P = ids.shape[1]
     _, tr = S.generate(model, ids, gen_length=16, steps=8, block_length=4, return_trajectory=True)
     for i, c in enumerate(tr.committed):
@@ -109,14 +116,17 @@ def test_semi_ar_and_ass_blocks_stay_inside_their_block():
     assert (first <= 3).all() and (tr.step_of[:, P + 15:] == 4).all()
 
 
-@pytest.mark.parametrize("schedule,extra", [("threshold", dict(threshold=0.05)), ("entropy_bound", dict(entropy_bound=2.0))])
+@pytest.mark.parametrize("schedule,extra", [("threshold", dict(threshold=0.05)), ("threshold", dict(threshold=1.0)),
+                                            ("entropy_bound", dict(entropy_bound=2.0)), ("entropy_bound", dict(entropy_bound=0.0))])
 def test_adaptive_schedules(schedule, extra):
-    model, ids = tiny_model(), prompt(B=3)
+    model, ids = sample_model(), sample_prompt(B=3)
     P = ids.shape[1]
     x, tr = S.generate(model, ids, gen_length=16, block_length=8, schedule=schedule, return_trajectory=True, **extra)
     assert not (x == model.config.mask_token_id).any()
     per_row = tr.step_of.amax(1) + 1
     assert (per_row >= 2).all() and (per_row <= 16).all() and tr.num_calls >= int(per_row.max())
+    if extra in (dict(threshold=1.0), dict(entropy_bound=0.0)):  # one slot per step: as many steps as slots
+        assert (per_row == 16).all() and tr.num_calls == 16
     for b in range(3):  # each of a row's steps commits >= 1 slot, the first block before the second
         used = tr.step_of[b, P:]
         assert sorted(set(used.tolist())) == list(range(int(per_row[b])))
@@ -137,7 +147,7 @@ def test_threshold_and_entropy_rules():
 
 def test_eoser_commits_eos_later():
     P, L = 4, 16
-    ids, model = prompt(P=P), Rigged(P, L)
+    ids, model = sample_prompt(P=P), RiggedEOS(P, L)
     eos = model.config.eos_token_id
     x0, tr0 = S.generate(model, ids, gen_length=L, schedule="ass", return_trajectory=True)
     x1, tr1 = S.generate(model, ids, gen_length=L, schedule="ass", eoser=True, return_trajectory=True)
@@ -148,10 +158,16 @@ def test_eoser_commits_eos_later():
     assert tr0.step_of[x0 == eos].float().mean() < trl.step_of[x0 == eos].float().mean()
 
 
+@pytest.mark.parametrize("schedule,extra", [("threshold", dict(threshold=1.0)), ("entropy_bound", dict(entropy_bound=0.0))])
+def test_adaptive_rules_only_commit_masked_slots(schedule, extra):
+    x, tr = S.generate(RiggedEOS(4, 16), sample_prompt(P=4), gen_length=16, schedule=schedule, return_trajectory=True, **extra)
+    assert tr.num_calls == 16 and [c.sum(1).tolist() for c in tr.committed] == [[1, 1]] * 16
+
+
 def test_generate_applies_the_gamma_of_each_step(monkeypatch):
     seen, step = [], S.denoise_step
     monkeypatch.setattr(S, "denoise_step", lambda *a: seen.append(a[5]) or step(*a))
-    model, ids = tiny_model(), prompt()
+    model, ids = sample_model(), sample_prompt()
     S.generate(model, ids, gen_length=32, schedule="ass", eoser=True, eos_min_gamma=0.2)
     assert seen == pytest.approx([0.2 + 0.8 * (2 ** (i + 1) - 1) / 32 for i in range(5)])
     seen.clear()
@@ -173,12 +189,12 @@ def test_gumbel_sampling_matches_softmax_and_never_draws_mask():
 def test_float64_noise_only_for_the_slots_being_sampled(monkeypatch):
     drawn, rand = [], torch.rand
     monkeypatch.setattr(torch, "rand", lambda *a, **k: drawn.append((tuple(a[0]), k.get("dtype"))) or rand(*a, **k))
-    S.generate(tiny_model(), prompt(), gen_length=16, schedule="ass", temperature=1.0)
+    S.generate(sample_model(), sample_prompt(), gen_length=16, schedule="ass", temperature=1.0)
     assert drawn == [((2 * m, 264), torch.float64) for m in (16, 15, 13, 9)]  # masked slots x vocab rows
 
 
 def test_cfg_logits_are_guided():
-    model, ids = tiny_model(), prompt()
+    model, ids = sample_model(), sample_prompt()
     cfg = model.config
     x = torch.cat([ids, torch.full((2, 8), cfg.mask_token_id)], 1)
     pos = torch.arange(5, 13).expand(2, 8)
@@ -192,7 +208,7 @@ def test_cfg_logits_are_guided():
 
 @pytest.mark.parametrize("temperature", [0.0, 0.7])
 def test_trajectory_logps_equal_recomputation(temperature):
-    model, ids = tiny_model(), prompt(B=3)
+    model, ids = sample_model(), sample_prompt(B=3)
     attn = torch.ones_like(ids, dtype=torch.bool)
     attn[0, :2] = False
     torch.manual_seed(0)
@@ -213,7 +229,7 @@ def test_trajectory_logps_equal_recomputation(temperature):
                                 dict(gen_length=16, schedule="ass", eoser=True, cfg_scale=1.0),
                                 dict(gen_length=16, block_length=8, schedule="threshold", threshold=0.05)])
 def test_batched_equals_single(kw):
-    model = tiny_model()
+    model = sample_model()
     seqs = [[7, 8, 9], [1, 2, 3, 4, 5, 6, 7], [10, 20, 30, 40, 50]]
     ids, attn = S.left_pad(seqs, model.config.pad_token_id)
     xb, trb = S.generate(model, ids, attention_mask=attn, return_trajectory=True, **kw)
@@ -245,11 +261,11 @@ def test_batched_equals_single(kw):
 ])
 def test_invalid_arguments_name_themselves(kw, name):
     with pytest.raises(ValueError, match=f"^{name}:"):
-        S.generate(tiny_model(), prompt(), **kw)
+        S.generate(sample_model(), sample_prompt(), **kw)
 
 
 def test_cli_runs_on_the_fallback_model(monkeypatch, capsys):
     monkeypatch.setattr("sys.argv", ["sample.py", "--model", "no/such/dir", "--prompt", "hi", "--schedule", "ass", "--eoser"])
     S.main()
     out = capsys.readouterr()
-    assert "RANDOM model" in out.err and "step   7 |" in out.out and "model calls" in out.out
+    assert "RANDOM model" in out.err and "step   6 |" in out.out and "model calls" in out.out

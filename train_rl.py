@@ -42,6 +42,7 @@ class RLConfig:
     init: str = "checkpoints/llada-tiny"
     task: str = "sudoku"
     data: str = ""                    # training data file (gsm8k, math500); generated for countdown/sudoku
+    n_train: int = 20000              # generated training problems (countdown, sudoku)
     style: str = "compact"            # prompt style: compact (small models), d1 (cj/diffu on 8B), just
     out_dir: str = "out/rl"
     steps: int = 40                   # optimizer steps
@@ -361,7 +362,7 @@ def main(cfg):
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.9, 0.99), weight_decay=cfg.weight_decay)
     step = load_training_state(start, model, optimizer) if cfg.resume else 0
     task = get_task(cfg.task)
-    train_set = task.load(cfg.data) if cfg.data else task.generate(20000, seed=0)
+    train_set = task.load(cfg.data) if cfg.data else task.generate(cfg.n_train, seed=0)
     held_out = task.generate(cfg.eval_n, seed=1) if not cfg.data else train_set[-cfg.eval_n:]
     log = MetricsLog(out, rank)
     per_rank = cfg.prompts_per_step // world
