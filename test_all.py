@@ -5,11 +5,18 @@ The project's tests: CPU, tiny random models, a few minutes in all.
 """
 import json
 import math
+import random
+import re
+import time
 
 import pytest
 import torch
 
 import model as M
+import sample as S
+import tasks as T
+import train_rl as RL
+from sample import banned_ids, generate
 
 
 def tiny_config(**kw):
@@ -237,3 +244,853 @@ def test_byte_tokenizer_roundtrip_and_chat_template():
     assert tok.decode(ids, skip_special=True) == "user\n\nSudoku 1234assistant\n\n"
     cfg = tiny_config()
     assert (tok.mask_id, tok.eos_id) == (cfg.mask_token_id, cfg.eos_token_id)
+
+# -----------------------------------------------------------------------------
+# tasks.py
+
+GSM_ROWS = [
+    {"question": "Janet has 3 apples and buys 3 more. How many?", "answer": "3+3=<<3+3=6>>6\n#### 6"},
+    {"question": "A shop sells 36 boxes of 30. How many items?",
+     "answer": "36*30=<<36*30=1080>>1080\n#### 1,080"},
+    {"question": "The temperature drops 5 from 2. What is it?", "answer": "2-5=<<2-5=-3>>-3\n#### -3"},
+]
+
+
+def test_get_task_names_and_unknown():
+    for name in ("gsm8k", "math500", "countdown", "sudoku"):
+        assert T.get_task(name).name == name
+    with pytest.raises(ValueError, match="gsm8k, math500, countdown, sudoku"):
+        T.get_task("svamp")
+
+
+def test_gsm8k_reference_is_correct_in_every_style_and_gold_plus_one_is_not():
+    task = T.get_task("gsm8k")
+    for row in GSM_ROWS:
+        ex = task.from_row(row)
+        gold = ex["answer"].split("####")[1].strip()
+        wrong = str(int(gold.replace(",", "")) + 1)
+        for style in T.STYLES:
+            ref = task.reference(ex, style)
+            assert task.is_correct(ref, ex), (style, ref)
+            assert not task.is_correct(ref.replace(gold, wrong), ex), (style, ref)
+        ref = task.reference(ex)
+        integer = 0.5 if not gold.startswith("-") else 0.0  # d1's isdigit() test
+        assert task.reward(ref, ex) == pytest.approx(2.0 + integer + 1.5)
+        assert task.reward(ref.replace(gold, wrong), ex) == pytest.approx(integer + 1.5)
+
+
+def test_gsm8k_comma_gold_and_dotall_fixes():
+    task, ex = T.get_task("gsm8k"), GSM_ROWS[1]
+    assert T.correctness_reward("<answer>\n1080\n</answer>", "1,080") == 2.0  # reference: 0
+    assert T.correctness_reward("<answer>1,080</answer>", "1080") == 2.0
+    assert T.int_reward("<answer>1,080</answer>") == 0.5
+    assert task.is_correct("<answer>The total is 1,080 items</answer>", ex)
+    assert task.is_correct("so \\boxed{1,080}", ex)
+    multi_line = "<reasoning>\nstep 1\nstep 2\n</reasoning>\n<answer>\n1080\n</answer>\n"
+    assert T.strict_format_reward(multi_line) == 0.5 and T.soft_format_reward(multi_line) == 0.5
+    assert T.xml_count_reward(multi_line) == pytest.approx(0.5)
+    assert T.strict_format_reward(multi_line + "\n") == 0.5  # `$` matches before a final newline
+    assert T.strict_format_reward(multi_line + "\n\n") == 0.0 == T.strict_format_reward(multi_line[:-1] + " ")
+    assert T.xml_count_reward(multi_line + "x" * 10) == pytest.approx(0.5 - 0.02)
+
+
+def test_gsm8k_eval_reads_first_numeric_boxed_then_last_number_of_answer():
+    task, ex = T.get_task("gsm8k"), GSM_ROWS[0]
+    assert task.is_correct("\\boxed{...} then \\boxed{6} and \\boxed{7}", ex)
+    assert not task.is_correct("\\boxed{7} then \\boxed{6}", ex)
+    assert task.is_correct("<answer>7</answer> \\boxed{6}", ex)
+    assert task.is_correct("<answer>from 7 we get 6</answer>", ex)
+    assert not task.is_correct("the answer is 6", ex)  # d1: no \boxed and no <answer> -> wrong
+    assert not task.is_correct("<answer>٦</answer>", ex)  # Arabic-Indic six
+
+
+def test_gsm8k_format_rewards_match_the_reference_regexes_with_dotall():
+    strict = re.compile(r"^<reasoning>\n.*?\n</reasoning>\n<answer>\n.*?\n</answer>\n$", re.DOTALL)
+    soft = re.compile(r"<reasoning>.*?</reasoning>\s*<answer>.*?</answer>", re.DOTALL)
+    parts = ["<reasoning>\n", "\n</reasoning>\n<answer>\n", "\n</answer>\n", "\n", "x", " ",
+             "<reasoning>", "</reasoning>", "<answer>", "</answer>"]
+    rng, hits = random.Random(0), [0, 0]
+    for _ in range(5000):
+        text = "".join(rng.choice(parts) for _ in range(rng.randint(0, 7)))
+        if rng.random() < 0.3:
+            text = "<reasoning>\n" + text + "\n</answer>\n"
+        assert T.strict_format_reward(text) == (0.5 if strict.match(text) else 0.0), repr(text)
+        assert T.soft_format_reward(text) == (0.5 if soft.match(text) else 0.0), repr(text)
+        hits[0] += bool(strict.match(text))
+        hits[1] += bool(soft.match(text))
+    assert min(hits) > 20  # the samples exercise both outcomes
+
+
+MATH_EQUIVALENT = [
+    ("\\frac{1}{2}", "\\dfrac{1}{2}"), ("\\frac12", "\\frac{1}{2}"), ("0.5", "\\frac{1}{2}"),
+    (".5", "0.5"), ("1/2", "\\tfrac12"), ("\\left( 3, \\frac{\\pi}{2} \\right)", "(3,\\frac{\\pi}{2})"),
+    ("90^\\circ", "90"), ("90^{\\circ}", "90"), ("10\\%", "10"), ("\\$18", "18"), ("x = 5", "5"),
+    ("5 \\text{ cm}", "5"), ("\\sqrt3", "\\sqrt{3}"), ("5.0", "5"), ("-2.00", "-2"),
+    ("\\frac1{23}", "\\frac{1}{23}"),
+    ("\\!1,\\!000", "1,000"), ("\\text{(C)}", "\\text{(C)}"), ("6 - 5i", "6-5i"),
+]
+MATH_DIFFERENT = [
+    ("\\frac{1}{3}", "\\frac{1}{2}"), ("5", "50"), ("5.5", "5"), ("(3,2)", "(2,3)"), ("x=5", "6"),
+    ("5.0", "50"), ("2.01", "2"), ("\\sqrt{3}", "\\sqrt{2}"), ("\\text{(C)}", "\\text{(D)}"), ("-2", "2"),
+]
+
+
+def test_math_normalisation_equivalent_and_different():
+    for a, b in MATH_EQUIVALENT:
+        assert T.math_equal(a, b) and T.math_equal(b, a), (a, b)
+    for a, b in MATH_DIFFERENT:
+        assert not T.math_equal(a, b), (a, b)
+    assert not T.math_equal(None, "5") and not T.math_equal("5", None)
+
+
+def test_math_reward_and_is_correct():
+    task = T.get_task("math500")
+    ex = task.from_row({"problem": "Half of one?", "solution": "It is $\\boxed{\\frac{1}{2}}$."})
+    assert ex["answer"] == "\\frac{1}{2}"  # taken from the solution when the row has no answer
+    assert task.is_correct("so \\boxed{\\dfrac12}", ex)
+    assert not task.is_correct("\\boxed{\\frac{1}{2}} no wait \\boxed{1}", ex)  # the last \boxed counts
+    assert not task.is_correct("\\boxed{\\frac{1}{2}", ex)  # unclosed
+    assert not task.is_correct("\\frac{1}{2}", ex)  # no \boxed
+    assert task.reward("<answer>\\boxed{0.5}</answer>", ex) == 2.0 + 1.0
+    assert task.reward("<answer>1/2</answer>", ex) == 0.75  # tags, no \boxed (reference: always this)
+    assert task.reward("\\boxed{1/2}", ex) == 2.0 + 0.5  # \boxed, no tags
+    assert task.reward("", ex) == 0.25
+    for style in T.STYLES:
+        assert task.is_correct(task.reference(ex, style), ex), style
+    assert "\\boxed{}" in task.prompt(ex, "just") and task.prompt(ex, "just").startswith("Half of one?")
+
+
+def test_countdown_adversarial_expressions_are_safe_and_fast():
+    task, ex = T.get_task("countdown"), {"numbers": [30, 100, 93], "target": 23}
+    right = ["30-(100-93)", " 30 - (100 - 93) ", "30-100+93", "(93+30)-100", "\\boxed{30-(100-93)}",
+             "-(100-93)+30", "30-(100-93)\n"]
+    wrong = ["9**9**9", "30-(100-93)+0", "(100-93)*30/30", "30-(100-93.0)", "30-(100-93)=23", "23",
+             "30 - (100 - 93) - 0 * 9**9**9**9", "__import__('os').system('true')",
+             "(" * 10_000 + "1" + ")" * 10_000, "1" * 1_000_000, "30//1-(100-93)", "٣٠-(١٠٠-٩٣)",
+             "30-(100-93", "1_0+20-7", "0x1e+5", "30-(100-93) and 1",
+             "30 - (" + "(" * 150 + "100-93" + ")" * 150 + ")"]
+    start = time.time()
+    for expr in right:
+        assert task.reward(f"<reasoning>..</reasoning><answer>{expr}</answer>", ex) == 1.0, expr
+    for expr in wrong:
+        assert task.reward(f"<answer>{expr}</answer>", ex) == 0.1, expr[:40]
+    assert task.reward("30-(100-93)", ex) == 0.0 and task.reward("<answer>30-(100-93)", ex) == 0.0
+    assert task.reward("<answer>1+1</answer> <answer>30-(100-93)</answer>", ex) == 1.0  # the last one
+    assert task.reward("<answer>3/(5-5)</answer>", {"numbers": [3, 5, 5], "target": 1}) == 0.1
+    assert task.reward("<answer>(30/100)*93-4.9</answer>", ex) == 0.1
+    assert task.is_correct("<answer>30-(100-93)</answer>", ex)
+    assert not task.is_correct("<answer>7</answer>", ex)
+    assert time.time() - start < 2.0
+
+
+def test_bad_input_never_raises_and_returns_fast():
+    big = ("<answer>" * 60_000 + "\\boxed{" * 60_000 + "<reasoning>\n</reasoning><answer>" * 20_000
+           + "9" * 100_000)
+    bad = [None, "", 123, b"<answer>6</answer>", ["x"], "\\boxed{", "<answer>", "</answer><answer>",
+           "١٢٣", big, big + "</answer>", "{" * 1_000_000, "\\boxed{" + "{" * 500_000]
+    examples = {"gsm8k": GSM_ROWS[0], "math500": {"problem": "p", "answer": "6"},
+                "countdown": {"numbers": [1, 2, 3], "target": 6},
+                "sudoku": {"puzzle": "0" * 16, "solution": "1234341221434321"}}
+    start = time.time()
+    for name, ex in examples.items():
+        task = T.get_task(name)
+        for completion in bad:
+            r = task.reward(completion, ex)
+            assert isinstance(r, float) and -1.0 < r <= 1.5, (name, str(completion)[:30], r)
+            assert task.is_correct(completion, ex) is False, (name, str(completion)[:30])
+    assert time.time() - start < 10.0
+
+
+def test_countdown_generate_deterministic_disjoint_and_references_score_one():
+    task = T.get_task("countdown")
+    train, test = task.generate(150, seed=0), task.generate(40, seed=1)  # seed 0: train, others: held out
+    assert train == task.generate(150, seed=0) and test != task.generate(40, seed=2)
+    assert train != task.generate(150, seed=7, split="train")
+    numbers = [{str(sorted(e["numbers"])) for e in s} for s in (train, test, task.generate(40, seed=2))]
+    assert not numbers[0] & (numbers[1] | numbers[2])
+    small = [{str(sorted(e["numbers"])) for e in task.generate(n, seed=s, max_number=12)}
+             for n, s in ((100, 0), (30, 1))]
+    assert not small[0] & small[1]  # 364 number sets only: any leak would show
+    with pytest.raises(ValueError, match="split"):
+        task.generate(5, seed=0, split="val")
+    for ex in train + test:
+        assert len(ex["numbers"]) == 3 and all(1 <= x <= 100 for x in ex["numbers"])
+        assert 1 <= ex["target"] <= 100
+        for style in ("d1", "d1_eval", "compact"):
+            assert task.reward(task.reference(ex, style), ex) == 1.0, (ex, style)
+        assert len(task.reference(ex, "compact")) <= 40 and len(task.prompt(ex, "compact")) <= 40
+        loaded = {"numbers": ex["numbers"], "target": ex["target"]}  # data files keep no expression
+        assert task.reward(task.reference(loaded, "compact"), loaded) == 1.0
+
+
+def count_sudoku_solutions(puzzle):
+    """Brute force, independent of tasks.py: try every digit in every empty cell."""
+    g = [int(c) for c in puzzle]
+
+    def ok(i, d):
+        r, c = divmod(i, 4)
+        peers = {r * 4 + k for k in range(4)} | {k * 4 + c for k in range(4)}
+        peers |= {(r // 2 * 2 + a) * 4 + c // 2 * 2 + b for a in (0, 1) for b in (0, 1)}
+        return all(g[j] != d for j in peers - {i})
+
+    def count(i):
+        if i == 16:
+            return 1
+        if g[i]:
+            return count(i + 1) if ok(i, g[i]) else 0
+        total = 0
+        for d in range(1, 5):
+            if ok(i, d):
+                g[i] = d
+                total += count(i + 1)
+                g[i] = 0
+        return total
+    return count(0)
+
+
+def test_sudoku_generate_unique_deterministic_disjoint_and_references_score_one():
+    task = T.get_task("sudoku")
+    assert len(T.SUDOKU_GRIDS) == len(set(T.SUDOKU_GRIDS)) == 288 == count_sudoku_solutions("0" * 16)
+    train, test = task.generate(200, seed=0), task.generate(60, seed=3, empties=(8, 12))
+    assert train == task.generate(200, seed=0) and train != task.generate(200, seed=4, split="train")
+    assert not {e["puzzle"] for e in train} & {e["puzzle"] for e in test}
+    one_empty = [task.generate(n, seed=s, empties=(1, 1)) for n, s in ((300, 0), (100, 5))]
+    assert not {e["puzzle"] for e in one_empty[0]} & {e["puzzle"] for e in one_empty[1]}  # 4608 puzzles only
+    for ex, (lo, hi) in [(e, (6, 10)) for e in train] + [(e, (8, 12)) for e in test]:
+        assert lo <= ex["puzzle"].count("0") <= hi
+        assert count_sudoku_solutions(ex["puzzle"]) == 1
+        assert count_sudoku_solutions(ex["solution"]) == 1
+        assert all(p in ("0", s) for p, s in zip(ex["puzzle"], ex["solution"]))
+        for style in ("d1", "d1_eval", "compact"):
+            ref = task.reference(ex, style)
+            assert task.reward(ref, ex) == 1.0 and task.is_correct(ref, ex)
+        assert len(task.reference(ex, "compact")) <= 40 and len(task.prompt(ex, "compact")) <= 40
+
+
+def test_sudoku_reward_cells_and_metrics():
+    task = T.get_task("sudoku")
+    ex = {"puzzle": "1030040220030301", "solution": "1234341221434321"}  # 8 empty cells
+    assert task.reward("<answer>\n1 2 3 4\n3 4 1 2\n2 1 4 3\n4 3 2 1\n</answer>", ex) == 1.0
+    assert task.reward("<answer>12343412</answer>", ex) == 4 / 8  # padded with 0
+    assert task.reward("<answer>1111111111111111</answer><answer>1234341221434321</answer>", ex) == 1.0
+    assert task.reward("<answer>١٢٣٤</answer>", ex) == 0.0
+    assert task.reward("<answer>٣1234341221434321</answer>", ex) == 1.0  # only ASCII digits are read
+    assert task.reward("1234341221434321", ex) == 0.0  # no <answer>
+    full = {"puzzle": ex["solution"], "solution": ex["solution"]}
+    assert task.reward("<answer>1234341221434321</answer>", full) == 0.0  # d1: no empty cell, 0
+    m = T.sudoku_metrics(["<answer>1234341221434321</answer>", "<answer>12343412</answer>", None], [ex] * 3)
+    assert m == {"cell_accuracy": (8 + 4 + 0) / 24, "solved": 1 / 3}
+
+
+def test_prompts_styles_and_prefill():
+    gsm, cd, sd = T.get_task("gsm8k"), T.get_task("countdown"), T.get_task("sudoku")
+    q = GSM_ROWS[0]["question"]
+    assert gsm.prompt(GSM_ROWS[0]) == T.D1_FORMAT + "\n\n" + q and gsm.prompt(GSM_ROWS[0], "just") == q
+    assert "\\boxed{...}" in gsm.prompt(GSM_ROWS[0], "d1_eval") and gsm.prefill("d1_eval") == "<reasoning>"
+    assert gsm.prefill("d1") == "" and not gsm.reference(GSM_ROWS[0], "d1_eval").startswith("<reasoning>")
+    ex = {"numbers": [30, 100, 93], "target": 23}
+    assert cd.prompt(ex, "compact") == "Countdown: 30,100,93 -> 23"
+    assert "Using only the numbers [30, 100, 93]" in cd.prompt(ex)
+    assert "Target: 23" in cd.prompt(ex, "d1_eval")
+    assert sd.prompt({"puzzle": "1030040220030301"}, "compact") == "Sudoku 4x4: 1030040220030301"
+    for task, style in [(cd, "just"), (sd, "just"), (gsm, "chat")]:
+        with pytest.raises(ValueError, match="style"):
+            task.prompt(ex if task is cd else {"puzzle": "0" * 16, "question": "q"}, style)
+    with pytest.raises(ValueError, match="not generated"):
+        gsm.generate(10, seed=0)
+
+
+def test_loaders_read_published_formats(tmp_path):
+    p = tmp_path / "gsm.jsonl"
+    p.write_text("\n".join(json.dumps(r) for r in GSM_ROWS) + "\n\n")
+    assert T.get_task("gsm8k").load(p) == GSM_ROWS
+    p = tmp_path / "cd_test.jsonl"
+    p.write_text('{"input": "30,100,93", "output": "23"}\n{"numbers": [1, 2, 3], "target": 6}\n')
+    assert T.get_task("countdown").load(p) == [{"numbers": [30, 100, 93], "target": 23},
+                                               {"numbers": [1, 2, 3], "target": 6}]
+    p = tmp_path / "sudoku.csv"
+    p.write_text("Puzzle,Solution\n1030040220030301,1234341221434321\n")
+    assert T.get_task("sudoku").load(p) == [{"puzzle": "1030040220030301", "solution": "1234341221434321"}]
+    p = tmp_path / "math.jsonl"
+    p.write_text(json.dumps({"problem": "p", "solution": "s \\boxed{\\frac{1}{2}}", "answer": "1/2"}) + "\n")
+    assert T.get_task("math500").load(p)[0]["answer"] == "1/2"  # the file's answer field wins
+
+
+def test_malformed_data_files_name_file_and_line(tmp_path):
+    good = json.dumps(GSM_ROWS[0]) + "\n"
+    cases = [("gsm8k", "bad.jsonl", good + "\n{not json\n", 3),
+             ("gsm8k", "nogold.jsonl", good + json.dumps({"question": "q", "answer": "4"}), 2),
+             ("math500", "m.jsonl", json.dumps({"problem": "p", "solution": "no box"}) + "\n", 1),
+             ("countdown", "c.jsonl", '{"input": "1,2,3", "output": "6"}\n{"input": "1,x,3"}\n', 2),
+             ("sudoku", "s.csv", "Puzzle,Solution\n1030040220030301,1234341221434321\n1030040220030301,1234\n", 3),
+             ("sudoku", "h.csv", "a,b\n1,2\n", 2)]
+    for name, fname, text, line in cases:
+        p = tmp_path / fname
+        p.write_text(text)
+        with pytest.raises(ValueError, match=re.escape(f"{fname}:{line}:")):
+            T.get_task(name).load(p)
+    p = tmp_path / "data.txt"
+    p.write_text("x")
+    with pytest.raises(ValueError, match="data.txt"):
+        T.get_task("gsm8k").load(p)
+
+
+# -----------------------------------------------------------------------------
+# sample.py
+
+def sample_model(seed=0, dtype=torch.float64, **kw):
+    torch.manual_seed(seed)
+    cfg = M.byte_tokenizer_config(**{**dict(d_model=32, n_layers=2, n_heads=4, n_kv_heads=2,
+                                             mlp_hidden_size=48, max_sequence_length=128), **kw})
+    return M.LLaDA(cfg).to(dtype).eval()
+
+
+def sample_prompt(B=2, P=5, seed=1):
+    return torch.randint(0, 256, (B, P), generator=torch.Generator().manual_seed(seed))
+
+
+class RiggedEOS(torch.nn.Module):
+    """EOS, very confident, in the right half of the window; a token 'a', less confident, in the left; and
+    each committed (visible) token predicts itself with confidence ~1, as a trained model does."""
+
+    def __init__(self, P, L):
+        super().__init__()
+        self.config = M.byte_tokenizer_config(max_sequence_length=128)
+        self.P, self.L = P, L
+
+    def forward(self, input_ids, attention_mask=None, logits_slice=None):
+        B, T = input_ids.shape
+        logits = torch.zeros(B, T, self.config.embedding_size)
+        logits[:, :, ord("a")] = torch.linspace(6.0, 7.0, T)       # conf 0.6-0.8 over 264 ids
+        logits[:, self.P + self.L // 2:, ord("a")] = 0.0
+        logits[:, self.P + self.L // 2:, self.config.eos_token_id] = 10.0  # conf ~ 0.99
+        logits[:, :, self.config.mask_token_id] = 50.0                  # must never be a candidate
+        logits.scatter_add_(2, input_ids[..., None], torch.full((B, T, 1), 20.0))  # a visible token predicts itself
+        return logits.gather(1, logits_slice[..., None].expand(-1, -1, logits.size(-1)))
+
+# -----------------------------------------------------------------------------
+# schedules
+
+
+def test_schedule_counts_exact():
+    assert S.linear_counts(10, 4) == [3, 3, 2, 2]
+    assert S.linear_counts(256, 256) == [1] * 256
+    assert S.linear_blocks(256, 64, 32) == [[4] * 8] * 8
+    assert S.linear_blocks(12, 4, 6) == [[3, 3], [3, 3]]
+    assert S.linear_blocks(8, 8, 1) == [[1]] * 8  # AR order
+    assert S.ass_counts(256, 8) == [1, 2, 4, 8, 16, 32, 64, 129]
+    assert S.ass_counts(200, 7) == [1, 2, 4, 8, 16, 32, 137]
+    assert S.ass_blocks(256, 8, 1) == [[1, 2, 4, 8, 16, 32, 64, 129]]
+    assert [sum(b) for b in S.ass_blocks(256, 8, 2)] == [127, 129]
+    assert [sum(b) for b in S.ass_blocks(256, 8, 3)] == [63, 64, 129]
+    assert S.ass_blocks(256, 8, 3) == [[1, 2, 4, 8, 16, 32], [64], [129]]
+    plan = S.block_plan(S.ass_blocks(256, 8, 3))
+    assert [(lo, hi) for lo, hi, _, _ in plan] == [(0, 63)] * 6 + [(63, 127), (127, 256)]
+    assert [left for _, _, left, _ in plan] == [63, 62, 60, 56, 48, 32, 64, 129]
+
+
+def test_eoser_gamma_formulas():
+    g = [S.eoser_gamma_linear(i, 5, 0.01, 1.0) for i in range(5)]
+    assert g == pytest.approx([0.01, 0.2575, 0.505, 0.7525, 1.0])
+    g = [S.eoser_gamma_ass(i, 8, 0.01, 1.0) for i in range(8)]
+    assert g[0] == pytest.approx(0.01 + 0.99 / 256)
+    assert g[-1] == pytest.approx(1 - 0.99 / 256)  # just below max at the last step
+    assert g == sorted(g)
+
+
+SCHEDULE_CASES = [  # kwargs, expected committed count per step (each row)
+    (dict(gen_length=16, steps=6), [3, 3, 3, 3, 2, 2]),
+    (dict(gen_length=16, steps=8, block_length=4), [2] * 8),
+    (dict(gen_length=12, steps=4, block_length=6, temperature=1.0), [3] * 4),
+    (dict(gen_length=8, steps=8, block_length=1), [1] * 8),
+    (dict(gen_length=16, schedule="ass", eoser=True), [1, 2, 4, 9]),
+    (dict(gen_length=40, steps=5, schedule="ass", block_num=3, temperature=0.8), [1, 2, 4, 8, 25]),
+    (dict(gen_length=16, schedule="ass", remasking="random"), [1, 2, 4, 9]),
+    (dict(gen_length=16, steps=4, cfg_scale=1.5), [4] * 4),
+]
+
+
+@pytest.mark.parametrize("kw,counts", SCHEDULE_CASES)
+def test_generate_follows_schedule(kw, counts):
+    model, ids = sample_model(), sample_prompt()
+    P = ids.shape[1]
+    snaps = []
+    x, tr = S.generate(model, ids, return_trajectory=True, callback=lambda c, x: snaps.append(x.clone()), **kw)
+    assert (x[:, :P] == ids).all() and not (x == model.config.mask_token_id).any()
+    assert tr.num_steps == len(counts) == tr.num_calls
+    assert [c.sum(1).tolist() for c in tr.committed] == [[k] * len(ids) for k in counts]
+    assert (tr.step_of[:, :P] == -1).all() and (tr.step_of[:, P:] >= 0).all()
+    states = tr.states
+    assert (states[0][:, P:] == model.config.mask_token_id).all() and (states[-1] == x).all()
+    for i, snap in enumerate(snaps):  # the trajectory is what happened, and committed tokens never change
+        assert (snap == states[i + 1]).all()
+        assert ((states[i + 1] != states[i]) == tr.committed[i]).all()
+        kept = snap != model.config.mask_token_id
+        assert (snap[kept] == x[kept]).all()
+
+
+def test_steps_beyond_the_slots_are_empty_and_skip_the_model():
+    x, tr = S.generate(sample_model(), sample_prompt(), gen_length=4, steps=8, return_trajectory=True)
+    assert [c.sum(1).tolist() for c in tr.committed] == [[1, 1]] * 4 + [[0, 0]] * 4 and tr.num_calls == 4
+
+
+def test_semi_ar_and_ass_blocks_stay_inside_their_block():
+    model, ids = sample_model(), sample_prompt()
+    P = ids.shape[1]
+    _, tr = S.generate(model, ids, gen_length=16, steps=8, block_length=4, return_trajectory=True)
+    for i, c in enumerate(tr.committed):
+        lo, hi = P + 4 * (i // 2), P + 4 * (i // 2 + 1)  # two steps per 4-slot block
+        assert not c[:, :lo].any() and not c[:, hi:].any()
+    _, tr = S.generate(model, ids, gen_length=32, steps=5, schedule="ass", block_num=2, return_trajectory=True)
+    first = tr.step_of[:, P:P + 15]  # [15 | 17]: steps 0-3 fill the first block, step 4 the rest
+    assert (first <= 3).all() and (tr.step_of[:, P + 15:] == 4).all()
+
+
+@pytest.mark.parametrize("schedule,extra", [("threshold", dict(threshold=0.05)), ("threshold", dict(threshold=1.0)),
+                                            ("entropy_bound", dict(entropy_bound=2.0)), ("entropy_bound", dict(entropy_bound=0.0))])
+def test_adaptive_schedules(schedule, extra):
+    model, ids = sample_model(), sample_prompt(B=3)
+    P = ids.shape[1]
+    x, tr = S.generate(model, ids, gen_length=16, block_length=8, schedule=schedule, return_trajectory=True, **extra)
+    assert not (x == model.config.mask_token_id).any()
+    per_row = tr.step_of.amax(1) + 1
+    assert (per_row >= 2).all() and (per_row <= 16).all() and tr.num_calls >= int(per_row.max())
+    if extra in (dict(threshold=1.0), dict(entropy_bound=0.0)):  # one slot per step: as many steps as slots
+        assert (per_row == 16).all() and tr.num_calls == 16
+    for b in range(3):  # each of a row's steps commits >= 1 slot, the first block before the second
+        used = tr.step_of[b, P:]
+        assert sorted(set(used.tolist())) == list(range(int(per_row[b])))
+        assert used[:8].max() < used[8:].min()
+
+
+def test_threshold_and_entropy_rules():
+    conf = torch.tensor([[0.95, 0.2, 0.91, -math.inf], [0.3, 0.5, 0.1, 0.2]])
+    masked = conf > -math.inf
+    assert S.above_threshold(conf, masked, 0.9).tolist() == [[True, False, True, False], [False, True, False, False]]
+    ent = torch.tensor([[0.3, 0.05, 0.1, 9.0], [2.0, 1.0, 3.0, 0.5]])
+    assert S.entropy_bounded(ent, masked, 0.2).tolist() == [[False, True, True, False], [False, False, False, True]]
+    assert S.entropy_bounded(ent, masked, 0.46).tolist()[0] == [True, True, True, False]
+
+# -----------------------------------------------------------------------------
+# EOSER, sampling, trajectory log-probs, batching
+
+
+def test_eoser_commits_eos_later():
+    P, L = 4, 16
+    ids, model = sample_prompt(P=P), RiggedEOS(P, L)
+    eos = model.config.eos_token_id
+    x0, tr0 = S.generate(model, ids, gen_length=L, schedule="ass", return_trajectory=True)
+    x1, tr1 = S.generate(model, ids, gen_length=L, schedule="ass", eoser=True, return_trajectory=True)
+    assert (x0 == x1).all() and (x0[:, P + L // 2:] == eos).all() and (x0[:, P:P + L // 2] == ord("a")).all()
+    first_eos = lambda tr: tr.step_of[x0 == eos].min()
+    assert first_eos(tr0) == 0 and first_eos(tr1) == 3  # without: EOS first; with: only at the last step
+    _, trl = S.generate(model, ids, gen_length=L, steps=8, eoser=True, eos_min_gamma=0.01, return_trajectory=True)
+    assert tr0.step_of[x0 == eos].float().mean() < trl.step_of[x0 == eos].float().mean()
+
+
+@pytest.mark.parametrize("schedule,extra", [("threshold", dict(threshold=1.0)), ("entropy_bound", dict(entropy_bound=0.0))])
+def test_adaptive_rules_only_commit_masked_slots(schedule, extra):
+    x, tr = S.generate(RiggedEOS(4, 16), sample_prompt(P=4), gen_length=16, schedule=schedule, return_trajectory=True, **extra)
+    assert tr.num_calls == 16 and [c.sum(1).tolist() for c in tr.committed] == [[1, 1]] * 16
+
+
+def test_generate_applies_the_gamma_of_each_step(monkeypatch):
+    seen, step = [], S.denoise_step
+    monkeypatch.setattr(S, "denoise_step", lambda *a: seen.append(a[5]) or step(*a))
+    model, ids = sample_model(), sample_prompt()
+    S.generate(model, ids, gen_length=32, schedule="ass", eoser=True, eos_min_gamma=0.2)
+    assert seen == pytest.approx([0.2 + 0.8 * (2 ** (i + 1) - 1) / 32 for i in range(5)])
+    seen.clear()
+    S.generate(model, ids, gen_length=8, steps=4, block_length=4, eoser=True, eos_min_gamma=0.1, eos_max_gamma=0.7)
+    assert seen == pytest.approx([0.1, 0.3, 0.5, 0.7])
+
+
+def test_gumbel_sampling_matches_softmax_and_never_draws_mask():
+    logits = torch.tensor([2.0, 1.0, 0.0, -1.0, 9.0]).repeat(40_000, 1)
+    banned = torch.tensor([False, False, False, False, True])  # id 4 plays the mask token
+    torch.manual_seed(0)
+    x0, conf, logp, _ = S.sample_slots(logits, banned, 0.7, False)
+    want = torch.softmax(logits[0, :4] / 0.7, 0)
+    freq = torch.bincount(x0, minlength=5).double() / len(x0)
+    assert freq[4] == 0 and torch.allclose(freq[:4], want.double(), atol=0.01)
+    assert torch.allclose(logp, want.log()[x0]) and torch.allclose(conf, torch.softmax(logits[0, :4], 0)[x0])
+
+
+def test_float64_noise_only_for_the_slots_being_sampled(monkeypatch):
+    drawn, rand = [], torch.rand
+    monkeypatch.setattr(torch, "rand", lambda *a, **k: drawn.append((tuple(a[0]), k.get("dtype"))) or rand(*a, **k))
+    S.generate(sample_model(), sample_prompt(), gen_length=16, schedule="ass", temperature=1.0)
+    assert drawn == [((2 * m, 264), torch.float64) for m in (16, 15, 13, 9)]  # masked slots x vocab rows
+
+
+def test_cfg_logits_are_guided():
+    model, ids = sample_model(), sample_prompt()
+    cfg = model.config
+    x = torch.cat([ids, torch.full((2, 8), cfg.mask_token_id)], 1)
+    pos = torch.arange(5, 13).expand(2, 8)
+    d = S.Decoding(schedule="linear", remasking="low_confidence", temperature=0.0, cfg_scale=1.5, threshold=0.9,
+                   entropy_bound=0.1, prompt_len=5, mask_id=cfg.mask_token_id, eos_id=cfg.eos_token_id,
+                   banned=None, sampler=None)
+    c = model(x)[:, 5:]
+    u = model(torch.cat([torch.full_like(ids, cfg.mask_token_id), x[:, 5:]], 1))[:, 5:]
+    assert torch.allclose(S.model_logits(model, x, None, pos, d), (u + 2.5 * (c - u)).float(), atol=1e-6)
+
+
+@pytest.mark.parametrize("temperature", [0.0, 0.7])
+def test_trajectory_logps_equal_recomputation(temperature):
+    model, ids = sample_model(), sample_prompt(B=3)
+    attn = torch.ones_like(ids, dtype=torch.bool)
+    attn[0, :2] = False
+    torch.manual_seed(0)
+    x, tr = S.generate(model, ids, attention_mask=attn, gen_length=16, schedule="ass", eoser=True,
+                       temperature=temperature, return_trajectory=True)
+    full_attn = torch.cat([attn, torch.ones(3, 16, dtype=torch.bool)], 1)
+    cfg, t = model.config, temperature or 1.0
+    for i, (state, committed, lp) in enumerate(zip(tr.states, tr.committed, tr.logps)):
+        logits = model(state, attention_mask=full_attn).float()
+        logits[..., cfg.mask_token_id] = -math.inf
+        logits[..., cfg.vocab_size:] = -math.inf
+        want = torch.log_softmax(logits / t, -1).gather(-1, x[..., None])[..., 0]
+        assert torch.allclose(lp[committed], want[committed], atol=1e-5)
+        assert (lp[~committed] == 0).all()
+
+
+@pytest.mark.parametrize("kw", [dict(gen_length=16, steps=8, block_length=8),
+                                dict(gen_length=16, schedule="ass", eoser=True, cfg_scale=1.0),
+                                dict(gen_length=16, block_length=8, schedule="threshold", threshold=0.05)])
+def test_batched_equals_single(kw):
+    model = sample_model()
+    seqs = [[7, 8, 9], [1, 2, 3, 4, 5, 6, 7], [10, 20, 30, 40, 50]]
+    ids, attn = S.left_pad(seqs, model.config.pad_token_id)
+    xb, trb = S.generate(model, ids, attention_mask=attn, return_trajectory=True, **kw)
+    P = ids.shape[1]
+    for b, s in enumerate(seqs):
+        x1, tr1 = S.generate(model, torch.tensor([s]), return_trajectory=True, **kw)
+        assert (xb[b, P:] == x1[0, len(s):]).all()
+        assert (trb.step_of[b, P:] == tr1.step_of[0, len(s):]).all()
+        assert torch.allclose(trb.logp[b, P:], tr1.logp[0, len(s):], atol=1e-5)
+
+
+@pytest.mark.parametrize("kw,name", [
+    (dict(gen_length=16, block_length=5), "block_length"),
+    (dict(gen_length=16, steps=3, block_length=8), "steps"),
+    (dict(gen_length=16, steps=5, schedule="ass"), "steps"),
+    (dict(gen_length=16, steps=2, schedule="ass", block_num=3), "block_num"),
+    (dict(gen_length=16, block_num=2), "block_num"),
+    (dict(gen_length=16, schedule="ass", block_length=4), "block_length"),
+    (dict(gen_length=125), "gen_length"),
+    (dict(gen_length=0), "gen_length"),
+    (dict(gen_length=16, schedule="diagonal"), "schedule"),
+    (dict(gen_length=16, remasking="top_p"), "remasking"),
+    (dict(gen_length=16, eoser=True, remasking="random"), "eoser"),
+    (dict(gen_length=16, schedule="threshold", steps=4), "steps"),
+    (dict(gen_length=16, schedule="threshold", threshold=1.5), "threshold"),
+    (dict(gen_length=16, temperature=-1.0), "temperature"),
+    (dict(gen_length=16, eos_min_gamma=2.0, eoser=True), "eos_min_gamma"),
+    (dict(gen_length=16, attention_mask=torch.ones(2, 3)), "attention_mask"),
+])
+def test_invalid_arguments_name_themselves(kw, name):
+    with pytest.raises(ValueError, match=f"^{name}:"):
+        S.generate(sample_model(), sample_prompt(), **kw)
+
+
+def test_cli_runs_on_the_fallback_model(monkeypatch, capsys):
+    monkeypatch.setattr("sys.argv", ["sample.py", "--model", "no/such/dir", "--prompt", "hi", "--schedule", "ass", "--eoser"])
+    S.main()
+    out = capsys.readouterr()
+    assert "RANDOM model" in out.err and "step   6 |" in out.out and "model calls" in out.out
+
+
+# -----------------------------------------------------------------------------
+# train_rl.py: each loss and gradient against a naive version; FSDP; resume
+
+
+
+def rl_config(**kw):
+    return RL.RLConfig(**{**dict(temperature=1.0, clip_eps=0.2, beta=0.0), **kw})
+
+
+def fixed_rollout(model, algo, n=4, P=5, L=8, seed=0, **decode):
+    """A rollout on random prompts (the first two left-padded) with random advantages."""
+    torch.manual_seed(seed)
+    prompts = torch.randint(0, 256, (n, P))
+    attn = torch.ones(n, P, dtype=torch.bool)
+    attn[:2, :2] = False
+    kw = dict(schedule="linear", steps=L, block_length=1) if algo == "just_grpo" else dict(schedule="ass", steps=3, eoser=True)
+    x, traj = generate(model, prompts, attention_mask=attn, gen_length=L, temperature=1.0, return_trajectory=True, **{**kw, **decode})
+    full = torch.cat([attn, torch.ones(n, L, dtype=torch.bool)], 1)
+    adv = torch.randn(n)
+    adv[0] = 0.0
+    return dict(x=x, step_of=traj.step_of, logp=traj.logp, attn=full, P=P, L=L, num_steps=traj.num_steps,
+                adv=adv, device=torch.device("cpu"), entropy=getattr(traj, "entropy", None))
+
+
+def naive_logp(model, seq, attn, slot, token, temperature=1.0):
+    """One sequence, one model call, float64 log-softmax with the never-sampled ids excluded."""
+    logits = model(seq[None], attention_mask=attn[None])[0, slot].double()
+    logits = logits.masked_fill(banned_ids(model.config, logits.device), -math.inf)
+    return torch.log_softmax(logits / temperature, -1)[token]
+
+
+def grads_of(model):
+    return [p.grad.clone() for p in model.parameters()]
+
+
+def assert_grads_close(g0, g1, rtol=1e-4, atol=1e-6):
+    for a, b in zip(g0, g1):
+        torch.testing.assert_close(a, b, rtol=rtol, atol=atol)
+
+
+def test_cj_grpo_loss_and_gradient_equal_naive():
+    model = tiny_model().train()
+    mb = fixed_rollout(model, "cj_grpo")
+    mb["logp"] = mb["logp"] + 0.3 * torch.randn_like(mb["logp"])  # an off-policy batch, so the clip acts
+    cfg = rl_config(algo="cj_grpo")
+    model.zero_grad()
+    stats = RL.cj_grpo_loss(model, None, mb, cfg, n_micro=1)
+    fast = grads_of(model)
+    # naive: one model call per (step, sequence); build the whole loss, one backward
+    model.zero_grad()
+    P, S, total, clipped = mb["P"], mb["num_steps"], 0.0, 0
+    for i in range(S):
+        terms = []
+        for b in range(len(mb["x"])):
+            state = mb["x"][b].clone()
+            state[mb["step_of"][b] >= i] = model.config.mask_token_id
+            for slot in (mb["step_of"][b] == i).nonzero().flatten().tolist():
+                lp = naive_logp(model, state, mb["attn"][b], slot, mb["x"][b, slot])
+                rho = torch.exp(lp - mb["logp"][b, slot].double())
+                a = mb["adv"][b].double()
+                terms.append(torch.min(rho * a, torch.clamp(rho, 0.8, 1.2) * a))
+                clipped += bool((rho > 1.2 and a > 0) or (rho < 0.8 and a < 0))
+        total = total - torch.stack(terms).mean() / S
+    total.backward()
+    assert clipped > 0
+    assert abs(stats["loss"] - total.item()) < 1e-5
+    assert_grads_close(fast, grads_of(model))
+
+
+def test_cj_grpo_on_policy_ratio_is_one():
+    """The stored rollout log-probs equal a recomputation, so at the first iteration rho == 1."""
+    model = tiny_model().train()
+    mb = fixed_rollout(model, "cj_grpo")
+    stats = RL.cj_grpo_loss(model, None, mb, rl_config(algo="cj_grpo", clip_eps=1e-4), n_micro=1)
+    assert stats["clipped"] == 0.0
+
+
+def test_just_grpo_stacked_equals_per_token_loop():
+    model = tiny_model().train()
+    mb = fixed_rollout(model, "just_grpo")
+    n_nonzero = float((mb["adv"] != 0).sum())
+    results = []
+    for stack in (1, 5, 64):
+        model.zero_grad()
+        s = RL.just_grpo_loss(model, mb, rl_config(algo="just_grpo", stack=stack), 1, n_nonzero)
+        results.append((s["loss"], grads_of(model)))
+    # naive: the published loop, one forward per (sequence, token)
+    model.zero_grad()
+    P, L = mb["P"], mb["L"]
+    total = 0.0
+    for b in range(len(mb["x"])):
+        for t in range(L):
+            state = mb["x"][b].clone()
+            state[P + t:] = model.config.mask_token_id  # AR order: slot t is committed at step t
+            lp = naive_logp(model, state, mb["attn"][b], P + t, mb["x"][b, P + t])
+            total = total - mb["adv"][b].double() * lp / (L * (n_nonzero + 1e-5))
+    total.backward()
+    for loss, grads in results:
+        assert abs(loss - total.item()) < 1e-5
+        assert_grads_close(grads, grads_of(model))
+
+
+def test_just_grpo_position_options_select_the_right_positions():
+    model = tiny_model().train()
+    mb = fixed_rollout(model, "just_grpo")
+    eos = model.config.eos_token_id
+    mb["x"][1, mb["P"] + 3] = eos  # first EOS of row 1 at slot 3: slots 4..7 are its tail
+    cfg = rl_config(algo="just_grpo", skip_eos_tail=True)
+    s = RL.just_grpo_loss(model, mb, cfg, 1, 3.0)
+    tails = sum(mb["L"] - 1 - int((row == eos).float().argmax()) for row in mb["x"][:, mb["P"]:] if (row == eos).any())
+    assert s["tokens"] == 4 * mb["L"] - tails
+    if mb["entropy"] is not None:
+        s = RL.just_grpo_loss(model, mb, rl_config(algo="just_grpo", top_entropy=0.25), 1, 3.0)
+        assert s["tokens"] == 4 * 2
+
+
+def test_diffu_grpo_loss_and_gradient_equal_naive():
+    model = tiny_model().train()
+    mb = fixed_rollout(model, "diffu_grpo")
+    cfg = rl_config(algo="diffu_grpo", num_iterations=2)
+    mb["prompt_masks"] = torch.stack([RL.diffu_mask(mb["attn"][:, :mb["P"]], 0.3, seed) for seed in (1, 2)])
+    assert mb["prompt_masks"].any() and not torch.equal(mb["prompt_masks"][0], mb["prompt_masks"][1])
+    mb["old_logp"] = torch.stack([RL.diffu_grpo_logp(model, mb, j, cfg).detach() for j in range(2)])
+    mb["old_logp"] += 0.3 * torch.randn_like(mb["old_logp"])
+    model.zero_grad()
+    stats = RL.diffu_grpo_loss(model, None, mb, 1, cfg, n_micro=1)
+    fast = grads_of(model)
+    model.zero_grad()
+    P, eos, terms = mb["P"], model.config.eos_token_id, []
+    for b in range(len(mb["x"])):
+        seq = mb["x"][b].clone()
+        seq[P:] = model.config.mask_token_id
+        seq[:P][mb["prompt_masks"][1, b]] = model.config.mask_token_id
+        logits = model(seq[None], attention_mask=mb["attn"][b][None])[0].double()
+        logits = logits.masked_fill(banned_ids(model.config, logits.device), -math.inf)
+        for t in range(mb["L"]):
+            lp = torch.log_softmax(logits[P + t], -1)[mb["x"][b, P + t]]
+            rho = torch.exp(lp - mb["old_logp"][1, b, t].double())
+            a = mb["adv"][b].double()
+            terms.append(torch.min(rho * a, torch.clamp(rho, 0.8, 1.2) * a))
+            if mb["x"][b, P + t] == eos:
+                break
+    total = -torch.stack(terms).mean()
+    total.backward()
+    assert abs(stats["loss"] - total.item()) < 1e-5
+    assert_grads_close(fast, grads_of(model))
+
+
+def test_group_advantages():
+    r = torch.tensor([1.0, 0.0, 0.5, 0.5, 2.0, 2.0])
+    torch.testing.assert_close(RL.group_advantages(r, 2, False), torch.tensor([0.5, -0.5, 0.0, 0.0, 0.0, 0.0]))
+    a = RL.group_advantages(torch.tensor([1.0, 0.0, 0.0]), 3, True)
+    torch.testing.assert_close(a, (torch.tensor([1.0, 0.0, 0.0]) - 1 / 3) / (torch.tensor([1.0, 0.0, 0.0]).std() + 1e-4))
+
+
+def test_k3_kl_is_nonnegative_and_zero_at_equality():
+    lp, ref = torch.randn(100), torch.randn(100)
+    assert (RL.k3_kl(lp, ref) >= 0).all() and RL.k3_kl(lp, lp).abs().max() == 0
+
+
+def test_nonfinite_gradient_never_reaches_the_weights():
+    model = tiny_model().train()
+    batch = fixed_rollout(model, "cj_grpo")
+    batch["adv"][1] = float("nan")
+    before = [p.detach().clone() for p in model.parameters()]
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    stats = RL.train_on_rollout(model, None, opt, batch, rl_config(algo="cj_grpo", num_iterations=1), world=1)
+    assert stats["skipped"] == 1
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
+
+
+def make_init_checkpoint(tmp_path):
+    model = tiny_model(max_sequence_length=256)
+    model.source_dir = M.write_byte_tokenizer(tmp_path / "tok")
+    model.save_pretrained(tmp_path / "init")
+    return tmp_path / "init"
+
+
+RL_SMALL = ["--task", "sudoku", "--n_train", "64", "--prompts_per_step", "2", "--group_size", "2", "--gen_length", "40",
+            "--micro_batch", "2", "--eval_n", "2", "--eval_every", "100", "--num_iterations", "2", "--lr", "1e-3"]
+
+
+def test_rl_resume_reaches_the_same_weights(tmp_path):
+    init = make_init_checkpoint(tmp_path)
+    args = ["--init", str(init), *RL_SMALL, "--save_every", "2"]
+    RL.main(RL.config_from_args(RL.RLConfig, args + ["--out_dir", str(tmp_path / "a"), "--steps", "3"]))
+    RL.main(RL.config_from_args(RL.RLConfig, args + ["--out_dir", str(tmp_path / "b"), "--steps", "2"]))
+    RL.main(RL.config_from_args(RL.RLConfig, args + ["--out_dir", str(tmp_path / "b"), "--steps", "3", "--resume"]))
+    a, b = (M.LLaDA.from_pretrained(tmp_path / d / "latest").state_dict() for d in "ab")
+    changed = M.LLaDA.from_pretrained(init).state_dict()
+    assert any(not torch.equal(a[k], changed[k]) for k in a)
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    rows = [json.loads(line) for line in (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2, 3]
+
+
+FSDP_SCRIPT = r"""
+import sys, torch, torch.distributed as dist
+sys.path.insert(0, {repo!r})
+import test_all as T, train_rl as RL
+from train_sft import prepare_model, setup_distributed
+rank, world, device = setup_distributed("cpu")
+model = T.tiny_model()
+batch = T.fixed_rollout(model, "cj_grpo", n=4)
+model = prepare_model(model, world, device)
+opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+mine = {{k: (v[rank * 4 // world:(rank + 1) * 4 // world] if torch.is_tensor(v) and v.dim() else v) for k, v in batch.items()}}
+RL.train_on_rollout(model, None, opt, mine, T.rl_config(algo="cj_grpo", micro_batch=2, num_iterations=2), world)
+from torch.distributed.checkpoint.state_dict import get_model_state_dict, StateDictOptions
+state = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+if rank == 0:
+    torch.save(state, {out!r} + f"/w{{world}}.pt")
+dist.destroy_process_group()
+"""
+
+
+def test_fsdp_two_processes_equal_one(tmp_path):
+    """Two gloo processes under FSDP2, each with half the rollout, take the same update as one
+    process on all of it (gradients are averaged over ranks as over micro-batches)."""
+    import os
+    import subprocess
+    import sys
+    script = tmp_path / "fsdp.py"
+    script.write_text(FSDP_SCRIPT.format(repo=os.path.dirname(os.path.abspath(__file__)), out=str(tmp_path)))
+    for n in (1, 2):
+        env = {**os.environ, "OMP_NUM_THREADS": "1"}
+        subprocess.run([sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={n}", "--master_port", str(29500 + n),
+                        str(script)], check=True, env=env, capture_output=True, timeout=300)
+    one, two = torch.load(tmp_path / "w1.pt"), torch.load(tmp_path / "w2.pt")
+    for k in one:  # float32 sums in another order: tolerance 1e-5
+        torch.testing.assert_close(one[k], two[k], rtol=1e-5, atol=1e-6)
+
+# -----------------------------------------------------------------------------
+# train_sft.py
+
+import train_sft as SFT
+
+
+def test_sft_loss_equals_naive_and_ignores_prompt():
+    model = tiny_model()
+    B, P, L = 3, 4, 6
+    prompts, responses = torch.randint(0, 256, (B, P)), torch.randint(0, 256, (B, L))
+    prompt_mask = torch.ones(B, P, dtype=torch.bool)
+    prompt_mask[0, :2] = False
+    t, masked = SFT.draw_masks(B, L, 1e-3, torch.Generator().manual_seed(3))
+    assert masked.any() and not masked.all()
+    loss = SFT.sft_loss(model, prompts, prompt_mask, responses, t, masked, model.config.mask_token_id)
+    naive = 0.0
+    for b in range(B):
+        seq = torch.cat([prompts[b], torch.where(masked[b], model.config.mask_token_id, responses[b])])
+        logits = model(seq[None], attention_mask=torch.cat([prompt_mask[b], torch.ones(L, dtype=torch.bool)])[None])[0].double()
+        for i in range(L):
+            if masked[b, i]:
+                naive += -torch.log_softmax(logits[P + i], -1)[responses[b, i]] / t[b] / L / B
+    assert abs(loss.item() - naive.item()) < 1e-5
+    # the prompt's tokens never contribute: changing a prompt target cannot change the loss except
+    # through the input; with every response slot unmasked the loss is exactly zero
+    none = SFT.sft_loss(model, prompts, prompt_mask, responses, t, torch.zeros_like(masked), model.config.mask_token_id)
+    assert none.item() == 0.0
+
+
+def test_sft_steps_lower_the_loss_on_a_fixed_batch():
+    model = tiny_model().train()
+    prompts, responses = torch.randint(0, 256, (4, 4)), torch.randint(0, 256, (4, 6))
+    pm = torch.ones(4, 4, dtype=torch.bool)
+    t, masked = SFT.draw_masks(4, 6, 1e-3, torch.Generator().manual_seed(0))
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    losses = []
+    for _ in range(15):
+        loss = SFT.sft_loss(model, prompts, pm, responses, t, masked, model.config.mask_token_id)
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+        losses.append(loss.item())
+    assert losses[-1] < 0.7 * losses[0]
+
+
+SFT_SMALL = ["--tasks", "sudoku", "--n_train", "64", "--eval_n", "4", "--batch_size", "4", "--d_model", "32",
+             "--n_layers", "1", "--n_heads", "2", "--mlp_hidden_size", "32", "--eval_every", "100", "--save_every", "2"]
+
+
+def test_sft_resume_continues_with_the_same_step_and_weights(tmp_path):
+    SFT.main(SFT.config_from_args(SFT.SFTConfig, SFT_SMALL + ["--out_dir", str(tmp_path / "a"), "--max_steps", "4"]))
+    SFT.main(SFT.config_from_args(SFT.SFTConfig, SFT_SMALL + ["--out_dir", str(tmp_path / "b"), "--max_steps", "2"]))
+    state = torch.load(tmp_path / "b" / "latest" / "train_state.pt", weights_only=False)
+    assert state["step"] == 2
+    SFT.main(SFT.config_from_args(SFT.SFTConfig, SFT_SMALL + ["--out_dir", str(tmp_path / "b"), "--max_steps", "4", "--resume"]))
+    a, b = (M.LLaDA.from_pretrained(tmp_path / d / "latest").state_dict() for d in "ab")
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    steps = [json.loads(line)["step"] for line in (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 3, 4]
