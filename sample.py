@@ -125,6 +125,7 @@ class Decoding:
     eos_id: int
     banned: torch.Tensor  # (V,) bool: ids that are never candidates
     sampler: object       # sample_slots, or its compiled version
+    want_entropy: bool    # the entropy-bound rule, or a trajectory that records it (JustGRPO's top-k% option)
 
 
 def model_logits(model, x, attn, pos, d):
@@ -161,12 +162,13 @@ def entropy_bounded(ent, masked, bound):
 
 def denoise_step(model, x, attn, pos, k, gamma, d):
     """One step on the slots pos (B, K) of the current block, k slots to commit (None: the adaptive
-    rule decides). Writes the committed candidates into x; returns commit (B, K) and their log-probs."""
+    rule decides). Writes the committed candidates into x; returns commit (B, K), the candidates'
+    log-probs and (if d.want_entropy) the entropies of their sampling distributions."""
     cur = x.gather(1, pos)
     masked = cur == d.mask_id
     logits = model_logits(model, x, attn, pos, d)
     B, K, V = logits.shape
-    outs = [d.sampler(rows, d.banned, d.temperature, d.schedule == "entropy_bound")  # in chunks of rows: eager
+    outs = [d.sampler(rows, d.banned, d.temperature, d.want_entropy)  # in chunks of rows: eager
             for rows in logits.view(B * K, V).split(max(1, 2 ** 27 // V))]  # float64 noise stays near 1 GiB
     x0, conf, logp, ent = [None if o[0] is None else torch.cat(o).view(B, K) for o in zip(*outs)]
     if d.remasking == "random":
@@ -179,7 +181,7 @@ def denoise_step(model, x, attn, pos, k, gamma, d):
     else:
         commit = top_k(conf, k)
     x.scatter_(1, pos, torch.where(commit, x0, cur))
-    return commit, logp
+    return commit, logp, ent
 
 # -----------------------------------------------------------------------------
 # the trajectory and generate()
@@ -196,6 +198,7 @@ class Trajectory:
     num_steps: int         # S (the most steps of any row)
     mask_id: int
     num_calls: int         # model forward calls (a CFG call runs 2B rows)
+    entropy: torch.Tensor = None  # (B, P+L) entropy of softmax(logits / T) at commit, if record_entropy
 
     def state(self, i):
         return self.x.masked_fill(self.step_of >= i, self.mask_id)
@@ -248,13 +251,14 @@ def check_args(cfg, B, P, L, steps, schedule, block_length, block_num, eoser, eo
 def generate(model, prompt_ids, *, gen_length=256, steps=None, schedule="linear", block_length=None,
              block_num=1, eoser=False, eos_min_gamma=0.01, eos_max_gamma=1.0, remasking="low_confidence",
              temperature=0.0, cfg_scale=0.0, threshold=0.9, entropy_bound=0.1, attention_mask=None,
-             return_trajectory=False, compile=False, callback=None):
+             return_trajectory=False, record_entropy=False, compile=False, callback=None):
     """
     prompt_ids (B, P) long, left-padded when lengths differ (attention_mask (B, P), 1 = real token).
     Returns x (B, P+L), or (x, Trajectory) with return_trajectory. steps=None: gen_length for linear,
     floor(log2 gen_length) for ass; threshold / entropy_bound pick their own. block_length=None: the
     whole window. threshold: tau of schedule 'threshold'; entropy_bound: the bound of 'entropy_bound'.
     compile: torch.compile the sampling (needs a compiler). callback(num_calls, x) after each step.
+    record_entropy: the trajectory also keeps each committed slot's entropy (one more softmax per slot).
     """
     cfg, L = model.config, gen_length
     if prompt_ids.dim() != 2:
@@ -269,10 +273,12 @@ def generate(model, prompt_ids, *, gen_length=256, steps=None, schedule="linear"
         attention_mask = None  # no padding: let SDPA take its unmasked (flash) kernel
     attn = None if attention_mask is None else torch.cat([attention_mask.bool(), attention_mask.new_ones(B, L, dtype=torch.bool)], 1)
     d = Decoding(schedule, remasking, temperature, cfg_scale, threshold, entropy_bound, P, mask_id, cfg.eos_token_id,
-                 banned_ids(cfg, dev), compiled_sample_slots() if compile else sample_slots)
+                 banned_ids(cfg, dev), compiled_sample_slots() if compile else sample_slots,
+                 schedule == "entropy_bound" or record_entropy)
     x = torch.cat([prompt_ids.long(), torch.full((B, L), mask_id, dtype=torch.long, device=dev)], 1)
     step_of = torch.full_like(x, -1)
     logp = torch.zeros(x.shape, device=dev)
+    entropy = torch.zeros(x.shape, device=dev) if record_entropy else None
     row_step = torch.zeros(B, 1, dtype=torch.long, device=dev)
     calls = 0
 
@@ -280,9 +286,11 @@ def generate(model, prompt_ids, *, gen_length=256, steps=None, schedule="linear"
         nonlocal calls
         done = (x[:, P + lo:P + hi] != mask_id).to(torch.int8)
         pos = P + lo + done.argsort(dim=1, stable=True)[:, :K]  # masked slots first, in order
-        commit, lp = denoise_step(model, x, attn, pos, k, gamma, d)
+        commit, lp, ent = denoise_step(model, x, attn, pos, k, gamma, d)
         step_of.scatter_(1, pos, torch.where(commit, row_step, step_of.gather(1, pos)))
         logp.scatter_(1, pos, torch.where(commit, lp, logp.gather(1, pos)))
+        if record_entropy:
+            entropy.scatter_(1, pos, torch.where(commit, ent, entropy.gather(1, pos)))
         calls += 1
         if callback is not None:
             callback(calls, x)
@@ -305,7 +313,7 @@ def generate(model, prompt_ids, *, gen_length=256, steps=None, schedule="linear"
                     break
                 row_step += run(lo, lo + bl, bl, None, 1.0).any(1, keepdim=True)
         num_steps = int(row_step.max())
-    return (x, Trajectory(x, step_of, logp, num_steps, mask_id, calls)) if return_trajectory else x
+    return (x, Trajectory(x, step_of, logp, num_steps, mask_id, calls, entropy)) if return_trajectory else x
 
 
 def left_pad(seqs, pad_id, device=None):

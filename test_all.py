@@ -730,7 +730,7 @@ def test_cfg_logits_are_guided():
     pos = torch.arange(5, 13).expand(2, 8)
     d = S.Decoding(schedule="linear", remasking="low_confidence", temperature=0.0, cfg_scale=1.5, threshold=0.9,
                    entropy_bound=0.1, prompt_len=5, mask_id=cfg.mask_token_id, eos_id=cfg.eos_token_id,
-                   banned=None, sampler=None)
+                   banned=None, sampler=None, want_entropy=False)
     c = model(x)[:, 5:]
     u = model(torch.cat([torch.full_like(ids, cfg.mask_token_id), x[:, 5:]], 1))[:, 5:]
     assert torch.allclose(S.model_logits(model, x, None, pos, d), (u + 2.5 * (c - u)).float(), atol=1e-6)
@@ -817,12 +817,13 @@ def fixed_rollout(model, algo, n=4, P=5, L=8, seed=0, **decode):
     attn = torch.ones(n, P, dtype=torch.bool)
     attn[:2, :2] = False
     kw = dict(schedule="linear", steps=L, block_length=1) if algo == "just_grpo" else dict(schedule="ass", steps=3, eoser=True)
-    x, traj = generate(model, prompts, attention_mask=attn, gen_length=L, temperature=1.0, return_trajectory=True, **{**kw, **decode})
+    x, traj = generate(model, prompts, attention_mask=attn, gen_length=L, temperature=1.0, return_trajectory=True,
+                       record_entropy=True, **{**kw, **decode})
     full = torch.cat([attn, torch.ones(n, L, dtype=torch.bool)], 1)
     adv = torch.randn(n)
     adv[0] = 0.0
     return dict(x=x, step_of=traj.step_of, logp=traj.logp, attn=full, P=P, L=L, num_steps=traj.num_steps,
-                adv=adv, device=torch.device("cpu"), entropy=getattr(traj, "entropy", None))
+                adv=adv, device=torch.device("cpu"), entropy=traj.entropy)
 
 
 def naive_logp(model, seq, attn, slot, token, temperature=1.0):
@@ -912,9 +913,15 @@ def test_just_grpo_position_options_select_the_right_positions():
     s = RL.just_grpo_loss(model, mb, cfg, 1, 3.0)
     tails = sum(mb["L"] - 1 - int((row == eos).float().argmax()) for row in mb["x"][:, mb["P"]:] if (row == eos).any())
     assert s["tokens"] == 4 * mb["L"] - tails
-    if mb["entropy"] is not None:
-        s = RL.just_grpo_loss(model, mb, rl_config(algo="just_grpo", top_entropy=0.25), 1, 3.0)
-        assert s["tokens"] == 4 * 2
+    s = RL.just_grpo_loss(model, mb, rl_config(algo="just_grpo", top_entropy=0.25), 1, 3.0)
+    assert s["tokens"] == 4 * 2
+    # the recorded entropy is that of the sampling distribution at the committed slot
+    P, t = mb["P"], 5
+    state = mb["x"][2].clone()
+    state[P + t:] = model.config.mask_token_id
+    logits = model(state[None], attention_mask=mb["attn"][2][None])[0, P + t].double()
+    probs = torch.softmax(logits.masked_fill(banned_ids(model.config), -math.inf), -1)
+    assert abs(mb["entropy"][2, P + t].item() - torch.special.entr(probs).sum().item()) < 1e-4
 
 
 def test_diffu_grpo_loss_and_gradient_equal_naive():

@@ -278,7 +278,8 @@ def rollout(model, tok, task, examples, cfg, device):
     model.eval()
     with torch.no_grad(), autocast(device):
         x, traj = generate(model, prompts, attention_mask=attn, gen_length=cfg.gen_length, temperature=cfg.temperature,
-                           return_trajectory=True, **decode_kwargs(cfg, cfg.algo))
+                           return_trajectory=True, record_entropy=cfg.algo == "just_grpo" and cfg.top_entropy < 1,
+                           **decode_kwargs(cfg, cfg.algo))
     model.train()
     P = prompts.size(1)
     rewards = score(tok, task, x, P, group, cfg.algo)
@@ -286,7 +287,7 @@ def rollout(model, tok, task, examples, cfg, device):
     batch = dict(x=x, step_of=traj.step_of, logp=traj.logp, attn=full_attn, P=P, L=cfg.gen_length,
                  num_steps=traj.num_steps, rewards=rewards.to(device), device=device,
                  adv=group_advantages(rewards, cfg.group_size, cfg.std_norm).to(device))
-    if getattr(traj, "entropy", None) is not None:
+    if traj.entropy is not None:
         batch["entropy"] = traj.entropy
     return batch
 
