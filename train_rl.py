@@ -45,12 +45,12 @@ class RLConfig:
     n_train: int = 20000              # generated training problems (countdown, sudoku)
     style: str = "compact"            # prompt style: compact (small models), d1 (cj/diffu on 8B), just
     out_dir: str = "out/rl"
-    steps: int = 40                   # optimizer steps
+    steps: int = 60                   # optimizer steps
     prompts_per_step: int = 16        # over all ranks
     group_size: int = 6               # G completions per prompt
     micro_batch: int = 48             # sequences per forward in the training phase
     num_iterations: int = 2           # mu: updates per rollout batch (PPO clip applies from the 2nd)
-    lr: float = 2e-5
+    lr: float = 1e-4                  # for the ~3M-parameter bundled model; the papers use 3e-6 (CJ) and 5e-6 (Just) at 8B
     warmup: int = 5
     weight_decay: float = 0.1
     grad_clip: float = 0.2
