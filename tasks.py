@@ -261,13 +261,14 @@ class GSM8K(Task):
 
     def is_correct(self, completion, example):
         """d1's evaluation: the first \\boxed{} holding a number, else the <answer> content's last
-        number, equal as floats to the gold."""
+        number, equal as floats to the gold. Without either (JustGRPO's prompts ask for no format),
+        the last number of the whole completion, as the answer extraction of SPEC section 4 does."""
         t = _text(completion)
         found = next((nums[0] for b in _boxed_flat(t) if (nums := _numbers(b))), None)
         if found is None:
             start = t.find("<answer>")
             end = t.find("</answer>", start) if start >= 0 else -1
-            nums = _numbers(t[start + len("<answer>"):end]) if end >= 0 else []
+            nums = _numbers(t[start + len("<answer>"):end] if end >= 0 else t)
             found = nums[-1] if nums else None
         golds = _numbers(_gsm8k_gold(example))
         return found is not None and golds == [found]
