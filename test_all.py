@@ -300,7 +300,8 @@ def test_gsm8k_eval_reads_first_numeric_boxed_then_last_number_of_answer():
     assert not task.is_correct("\\boxed{7} then \\boxed{6}", ex)
     assert task.is_correct("<answer>7</answer> \\boxed{6}", ex)
     assert task.is_correct("<answer>from 7 we get 6</answer>", ex)
-    assert not task.is_correct("the answer is 6", ex)  # d1: no \boxed and no <answer> -> wrong
+    assert task.is_correct("so 3 + 3 = 6, the answer is 6", ex)  # no format at all: the last number
+    assert not task.is_correct("the answer is 6, or maybe 7", ex)
     assert not task.is_correct("<answer>٦</answer>", ex)  # Arabic-Indic six
 
 
