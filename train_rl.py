@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from model import LLaDA, load_tokenizer
-from sample import banned_ids, generate
+from sample import banned_ids, generate, left_pad
 from tasks import get_task
 from train_sft import (MetricsLog, autocast, config_from_args, load_training_state, lr_at, prepare_model,
                        save_training_checkpoint, setup_distributed)
@@ -168,14 +168,20 @@ def just_grpo_loss(model, mb, cfg, n_micro, n_nonzero):
     rows, slots = train.nonzero(as_tuple=True)
     scale = 1.0 / (L * (n_nonzero + 1e-5))
     total = 0.0
-    for c in range(0, len(rows), cfg.stack):
+    n_chunks = torch.tensor(-(-len(rows) // cfg.stack), device=rows.device)
+    if dist.is_initialized():  # FSDP: every rank must run as many forwards as the busiest one
+        dist.all_reduce(n_chunks, op=dist.ReduceOp.MAX)
+    for c in range(0, int(n_chunks) * cfg.stack, cfg.stack):
         r, s = rows[c:c + cfg.stack], slots[c:c + cfg.stack]
+        weight = 1.0
+        if len(r) == 0:  # this rank is out of positions: a zero-weight forward keeps the collectives in step
+            r, s, weight = rows.new_zeros(1), slots.new_zeros(1), 0.0
         step = mb["step_of"][r, P + s]
         state = torch.where(mb["step_of"][r] >= step[:, None], model.config.mask_token_id, mb["x"][r])
         with autocast(mb["device"]):
             logits = model(state, attention_mask=mb["attn"][r], logits_slice=(P + s)[:, None])
         logp = sampling_logp(logits[:, 0], mb["x"][r, P + s], model.config, cfg.temperature)
-        loss = -(mb["adv"][r] * logp).sum() * scale
+        loss = -(mb["adv"][r] * logp).sum() * scale * weight
         loss.backward()  # summed, not averaged, over micro-batches (as published)
         total += loss.item()
     return dict(loss=total, clipped=0.0, kl=0.0, tokens=len(rows))
@@ -233,13 +239,8 @@ def decode_kwargs(cfg, algo):
 
 
 def encode_prompts(tok, task, examples, style, device):
-    ids = [tok.chat_prompt(task.prompt(ex, style=style)) for ex in examples]
-    P = max(map(len, ids))
-    prompts = torch.full((len(ids), P), tok.eos_id)
-    attn = torch.zeros(len(ids), P, dtype=torch.bool)
-    for i, p in enumerate(ids):
-        prompts[i, P - len(p):], attn[i, P - len(p):] = torch.tensor(p), True
-    return prompts.to(device), attn.to(device)
+    """Chat-templated prompts, left-padded, with their key mask."""
+    return left_pad([tok.chat_prompt(task.prompt(ex, style=style)) for ex in examples], tok.eos_id, device)
 
 
 def score(tok, task, x, P, examples, algo):
@@ -253,6 +254,7 @@ def score(tok, task, x, P, examples, algo):
 def evaluate(model, tok, task, examples, cfg, decoding, device, rank, world, batch_size=128):
     """Held-out accuracy and mean reward at temperature 0; each rank takes a share."""
     model.eval()
+    examples = examples[:len(examples) - len(examples) % world]  # FSDP: every rank runs as many forwards
     mine = examples[rank::world]
     correct = reward = 0.0
     for i in range(0, len(mine), batch_size):
