@@ -255,6 +255,8 @@ class LLaDA(nn.Module):
 
 CKPT_PREFIX = "model."  # LLaDA's HF wrapper keeps the transformer under .model
 INDEX_NAME = "model.safetensors.index.json"
+# files a save writes itself; everything else of the source directory (tokenizer, modeling_llada.py, ...) is copied
+WEIGHT_OR_STATE_FILE = re.compile(r"config\.json|train_state\.pt|model(-\d{5}-of-\d{5})?\.safetensors|model\.safetensors\.index\.json|pytorch_model.*\.bin")
 
 
 def _read_weight_map(path):
@@ -303,7 +305,7 @@ def save_checkpoint(path, state, cfg, files_from=None, dtype=None, max_shard_byt
     (tmp / "config.json").write_text(json.dumps(cfg.to_json_dict(), indent=2))
     if files_from is not None:
         for f in Path(files_from).iterdir():
-            if f.is_file() and f.name not in ("config.json", "train_state.pt") and not f.name.startswith("model") and not f.name.startswith("."):
+            if f.is_file() and not WEIGHT_OR_STATE_FILE.fullmatch(f.name) and not f.name.startswith("."):
                 shutil.copy2(f, tmp / f.name)
     if train_state is not None:
         torch.save(train_state, tmp / "train_state.pt")
@@ -397,8 +399,9 @@ def load_tokenizer(path):
 
     added = {t["content"]: t["id"] for t in spec.get("added_tokens", [])}
     special = {t["content"]: t["id"] for t in spec.get("added_tokens", []) if t.get("special")}
-    ranks = {to_bytes(s): i for s, i in model["vocab"].items() if i not in added.values()}
-    if len(ranks) != len({i for s, i in model["vocab"].items() if i not in added.values()}):
+    added_ids = set(added.values())
+    ranks = {to_bytes(s): i for s, i in model["vocab"].items() if i not in added_ids}
+    if len(ranks) != len({i for s, i in model["vocab"].items() if i not in added_ids}):
         _fail(file, "two vocab strings share one id")
     if any(bytes([b]) not in ranks for b in range(256)):
         _fail(file, "vocab lacks some of the 256 single-byte tokens that byte-level BPE needs")

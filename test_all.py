@@ -125,10 +125,12 @@ def test_activation_checkpointing_same_gradient():
 def test_sharded_save_load_roundtrip_exact(tmp_path):
     model = tiny_model(n_kv_heads=4)
     model.source_dir = M.write_byte_tokenizer(tmp_path / "tok")
+    (model.source_dir / "modeling_llada.py").write_text("# loaded by Hugging Face through auto_map\n")
     model.config.extra["some_key_we_do_not_use"] = [1, 2]
     model.save_pretrained(tmp_path / "ckpt", max_shard_bytes=20_000)
     files = sorted(p.name for p in (tmp_path / "ckpt").iterdir())
     assert M.INDEX_NAME in files and "tokenizer.json" in files and "tokenizer_config.json" in files
+    assert "modeling_llada.py" in files
     assert sum(f.endswith(".safetensors") for f in files) > 2
     assert not [p for p in tmp_path.iterdir() if ".tmp-" in p.name]
     loaded = M.LLaDA.from_pretrained(tmp_path / "ckpt")
@@ -887,7 +889,7 @@ def test_just_grpo_stacked_equals_per_token_loop():
     results = []
     for stack in (1, 5, 64):
         model.zero_grad()
-        s = RL.just_grpo_loss(model, mb, rl_config(algo="just_grpo", stack=stack), 1, n_nonzero)
+        s = RL.just_grpo_loss(model, mb, rl_config(algo="just_grpo", stack=stack), n_nonzero)
         results.append((s["loss"], grads_of(model)))
     # naive: the published loop, one forward per (sequence, token)
     model.zero_grad()
@@ -908,13 +910,15 @@ def test_just_grpo_stacked_equals_per_token_loop():
 def test_just_grpo_position_options_select_the_right_positions():
     model = tiny_model().train()
     mb = fixed_rollout(model, "just_grpo")
+    assert RL.just_grpo_loss(model, mb, rl_config(algo="just_grpo"), 3.0)["tokens"] == 3 * mb["L"]  # row 0 has A = 0
+    mb["adv"][0] = 0.5
     eos = model.config.eos_token_id
     mb["x"][1, mb["P"] + 3] = eos  # first EOS of row 1 at slot 3: slots 4..7 are its tail
     cfg = rl_config(algo="just_grpo", skip_eos_tail=True)
-    s = RL.just_grpo_loss(model, mb, cfg, 1, 3.0)
+    s = RL.just_grpo_loss(model, mb, cfg, 3.0)
     tails = sum(mb["L"] - 1 - int((row == eos).float().argmax()) for row in mb["x"][:, mb["P"]:] if (row == eos).any())
     assert s["tokens"] == 4 * mb["L"] - tails
-    s = RL.just_grpo_loss(model, mb, rl_config(algo="just_grpo", top_entropy=0.25), 1, 3.0)
+    s = RL.just_grpo_loss(model, mb, rl_config(algo="just_grpo", top_entropy=0.25), 3.0)
     assert s["tokens"] == 4 * 2
     # the recorded entropy is that of the sampling distribution at the committed slot
     P, t = mb["P"], 5
@@ -980,22 +984,19 @@ def test_nonfinite_gradient_never_reaches_the_weights():
     assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
 
 
-def make_init_checkpoint(tmp_path):
-    model = tiny_model(max_sequence_length=256)
-    model.source_dir = M.write_byte_tokenizer(tmp_path / "tok")
-    model.save_pretrained(tmp_path / "init")
-    return tmp_path / "init"
-
-
 RL_SMALL = ["--task", "sudoku", "--n_train", "64", "--prompts_per_step", "2", "--group_size", "2", "--gen_length", "40",
             "--micro_batch", "2", "--eval_n", "2", "--eval_every", "100", "--num_iterations", "2", "--lr", "1e-3"]
 
 
 def test_rl_resume_reaches_the_same_weights(tmp_path):
-    init = make_init_checkpoint(tmp_path)
+    """On the bundled model, so that rewards spread and Adam's state matters for the resumed step."""
+    import os
+    init = os.path.join(os.path.dirname(os.path.abspath(__file__)), "checkpoints", "llada-tiny")
     args = ["--init", str(init), *RL_SMALL, "--save_every", "2"]
     RL.main(RL.config_from_args(RL.RLConfig, args + ["--out_dir", str(tmp_path / "a"), "--steps", "3"]))
     RL.main(RL.config_from_args(RL.RLConfig, args + ["--out_dir", str(tmp_path / "b"), "--steps", "2"]))
+    with open(tmp_path / "b" / "metrics.jsonl", "a") as f:  # a step the killed run logged but never saved
+        f.write(json.dumps({"step": 3, "logged_before_the_kill": True}) + "\n")
     RL.main(RL.config_from_args(RL.RLConfig, args + ["--out_dir", str(tmp_path / "b"), "--steps", "3", "--resume"]))
     a, b = (M.LLaDA.from_pretrained(tmp_path / d / "latest").state_dict() for d in "ab")
     changed = M.LLaDA.from_pretrained(init).state_dict()
@@ -1003,7 +1004,8 @@ def test_rl_resume_reaches_the_same_weights(tmp_path):
     for k in a:
         assert torch.equal(a[k], b[k]), k
     rows = [json.loads(line) for line in (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()]
-    assert [r["step"] for r in rows] == [1, 2, 3]
+    assert [r["step"] for r in rows] == [1, 2, 3] and "logged_before_the_kill" not in rows[2]
+    assert min(r["zero_spread"] for r in rows) < 1
 
 
 FSDP_SCRIPT = r"""

@@ -17,7 +17,6 @@ Simplifications: full-parameter training (the references train LoRA adapters), n
 model, groups never span processes. Randomness is reseeded from (seed, step, rank) every step,
 so --resume continues a killed run exactly.
 """
-import copy
 import json
 import math
 import time
@@ -26,7 +25,6 @@ from pathlib import Path
 
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 from tqdm import tqdm
 
 from model import LLaDA, load_tokenizer
@@ -38,6 +36,7 @@ from train_sft import (MetricsLog, autocast, config_from_args, load_training_sta
 
 @dataclass
 class RLConfig:
+    """GRPO for masked diffusion LMs (train_rl.py); every field is a --flag."""
     algo: str = "cj_grpo"             # cj_grpo | just_grpo | diffu_grpo
     init: str = "checkpoints/llada-tiny"
     task: str = "sudoku"
@@ -149,14 +148,14 @@ def cj_grpo_loss(model, ref, mb, cfg, n_micro):
     return stats
 
 
-def just_grpo_loss(model, mb, cfg, n_micro, n_nonzero):
+def just_grpo_loss(model, mb, cfg, n_nonzero):
     """JustGRPO, one micro-batch. Token t of completion o is scored on the input the AR rollout
     saw (prompt + o_<t + masks): loss = -sum_t A log p(o_t | ...) / (L (n + 1e-5)), n = number of
     completions with A != 0. As published the ratio is exp(logp - logp.detach()) == 1, so the
     clip never acts and this is REINFORCE with the group baseline: we write it that way.
     Positions share forwards: each (sequence, position) pair is one row of a stacked batch."""
     P, L = mb["P"], mb["L"]
-    train = mb["step_of"][:, P:] >= 0
+    train = (mb["step_of"][:, P:] >= 0) & (mb["adv"] != 0)[:, None]  # A = 0 rows have no gradient
     if cfg.skip_eos_tail:  # after the first EOS a trained model is near certain: little gradient
         eos = mb["x"][:, P:] == model.config.eos_token_id
         first = torch.where(eos.any(1), eos.float().argmax(1), L)
@@ -294,6 +293,15 @@ def rollout(model, tok, task, examples, cfg, device):
     return batch
 
 
+def all_ranks(t):
+    """A 1-D tensor from every rank, concatenated (rank 0 logs statistics of the whole batch)."""
+    if not dist.is_initialized():
+        return t
+    parts = [torch.empty_like(t) for _ in range(dist.get_world_size())]
+    dist.all_gather(parts, t.contiguous())
+    return torch.cat(parts)
+
+
 def micro_batches(batch, size):
     keys = [k for k, v in batch.items() if torch.is_tensor(v) and v.dim() >= 1 and v.size(0) == len(batch["x"])]
     for i in range(0, len(batch["x"]), size):
@@ -320,7 +328,7 @@ def train_on_rollout(model, ref, optimizer, batch, cfg, world):
                 if dist.is_initialized():  # averaged over ranks, as published
                     dist.all_reduce(n_nonzero)
                     n_nonzero /= world
-                s = just_grpo_loss(model, mb, cfg, n_micro, n_nonzero.item())
+                s = just_grpo_loss(model, mb, cfg, n_nonzero.item())
             for k in ("loss", "clipped", "kl"):
                 stats[k] += s[k] / (n_micro * cfg.num_iterations)
             stats["tokens"] += s["tokens"]
@@ -330,7 +338,7 @@ def train_on_rollout(model, ref, optimizer, batch, cfg, world):
             optimizer.step()
         else:
             stats["skipped"] += 1
-            tqdm.write(f"non-finite gradient (norm {grad_norm.item()}): update skipped")
+            tqdm.write(f"step skipped: non-finite gradient (norm {grad_norm.item()})")
         optimizer.zero_grad(set_to_none=True)
     return stats
 
@@ -338,6 +346,8 @@ def train_on_rollout(model, ref, optimizer, batch, cfg, world):
 def check_config(cfg):
     if cfg.algo not in ("cj_grpo", "just_grpo", "diffu_grpo"):
         raise ValueError(f"--algo {cfg.algo!r}: expected cj_grpo, just_grpo or diffu_grpo")
+    if cfg.algo == "just_grpo" and cfg.beta > 0:
+        raise ValueError("--beta must be 0 for just_grpo: JustGRPO trains without a KL term")
     if cfg.algo == "just_grpo" and cfg.num_iterations != 1:
         raise ValueError("--num_iterations must be 1 for just_grpo: it has no importance ratio (see just_grpo_loss)")
     if cfg.group_size < 2:
@@ -365,9 +375,12 @@ def main(cfg):
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.9, 0.99), weight_decay=cfg.weight_decay)
     step = load_training_state(start, model, optimizer) if cfg.resume else 0
     task = get_task(cfg.task)
-    train_set = task.load(cfg.data) if cfg.data else task.generate(cfg.n_train, seed=0)
-    held_out = task.generate(cfg.eval_n, seed=1) if not cfg.data else train_set[-cfg.eval_n:]
-    log = MetricsLog(out, rank)
+    if cfg.data:  # the file's last eval_n rows are held out, never trained on
+        rows = task.load(cfg.data)
+        train_set, held_out = rows[:-cfg.eval_n], rows[-cfg.eval_n:]
+    else:
+        train_set, held_out = task.generate(cfg.n_train, seed=0), task.generate(cfg.eval_n, seed=1)
+    log = MetricsLog(out, rank, resumed_step=step)
     per_rank = cfg.prompts_per_step // world
     pbar = tqdm(range(step, cfg.steps), initial=step, total=cfg.steps, disable=rank != 0)
     for step in pbar:
@@ -381,7 +394,7 @@ def main(cfg):
         batch = rollout(model, tok, task, examples, cfg, device)
         if cfg.algo == "diffu_grpo":
             prompt_attn = batch["attn"][:, :batch["P"]]
-            batch["prompt_masks"] = torch.stack([diffu_mask(prompt_attn.cpu(), cfg.prompt_mask_p, cfg.seed * 7919 + step * 131 + j)
+            batch["prompt_masks"] = torch.stack([diffu_mask(prompt_attn.cpu(), cfg.prompt_mask_p, cfg.seed * 7919 + (step * world + rank) * 131 + j)
                                                  for j in range(cfg.num_iterations)]).to(device)
             if cfg.num_iterations > 1:
                 with torch.no_grad():
@@ -389,17 +402,21 @@ def main(cfg):
         t1 = time.time()
         stats = train_on_rollout(model, ref, optimizer, batch, cfg, world)
         t2 = time.time()
-        r = batch["rewards"].view(-1, cfg.group_size)
         eos = batch["x"][:, batch["P"]:] == model.config.eos_token_id
         length = torch.where(eos.any(1), eos.float().argmax(1), cfg.gen_length).float()
+        r = all_ranks(batch["rewards"]).view(-1, cfg.group_size)
+        losses = all_ranks(torch.tensor([stats["loss"], stats["clipped"], stats["kl"]], device=device)).view(-1, 3).mean(0)
         row = dict(step=step + 1, reward_mean=r.mean().item(), reward_std=r.std(1).mean().item(),
-                   zero_spread=(r.std(1) == 0).float().mean().item(), completion_length=length.mean().item(),
+                   zero_spread=(r.std(1) == 0).float().mean().item(), completion_length=all_ranks(length).mean().item(),
+                   loss=losses[0].item(), clipped=losses[1].item(), kl=losses[2].item(), skipped=stats["skipped"],
                    rollout_time=t1 - t0, train_time=t2 - t1, lr=lr_at(step, cfg.lr, cfg.warmup),
-                   train_tokens_per_s=batch["x"].numel() * cfg.num_iterations / (t2 - t1), **stats)
+                   # rollout tokens (prompt + completion) trained on per second, over all ranks
+                   trained_tokens_per_s=batch["x"].numel() * world * cfg.num_iterations / (t2 - t1))
         if (step + 1) % cfg.eval_every == 0 or step + 1 == cfg.steps:
             row["eval_acc"], row["eval_reward"] = evaluate(model, tok, task, held_out, cfg, decode_kwargs(cfg, cfg.algo),
                                                            device, rank, world)
-            tqdm.write(json.dumps(row))
+            if rank == 0:
+                tqdm.write(json.dumps(row))
         log.write(**row)
         pbar.set_postfix(reward=f"{row['reward_mean']:.3f}", loss=f"{row['loss']:.4f}")
         if (step + 1) % cfg.save_every == 0 or step + 1 == cfg.steps:

@@ -14,6 +14,7 @@ setup (FSDP2), and training checkpoints that a killed run resumes from.
 Randomness is reseeded from (seed, step, rank) at every step, so resuming needs only the step.
 """
 import argparse
+from datetime import timedelta
 import json
 import os
 import time
@@ -30,6 +31,7 @@ from model import LLaDA, byte_tokenizer_config, load_tokenizer, save_checkpoint,
 
 @dataclass
 class SFTConfig:
+    """Masked-diffusion SFT (train_sft.py); every field is a --flag."""
     out_dir: str = "out/sft"          # checkpoints (LLaDA layout) and metrics.jsonl
     init: str = ""                    # checkpoint to start from; "" = random init of the small config below
     tasks: str = "sudoku,countdown"   # comma list of tasks.py names
@@ -77,7 +79,8 @@ def setup_distributed(device=""):
     """torchrun's environment -> (rank, world_size, device). Without torchrun: one process."""
     if "RANK" in os.environ:
         backend = "nccl" if torch.cuda.is_available() and device != "cpu" else "gloo"
-        dist.init_process_group(backend)
+        # a rank that dies leaves the others in a collective: fail after 30 minutes, not never
+        dist.init_process_group(backend, timeout=timedelta(minutes=30))
         rank, world = dist.get_rank(), dist.get_world_size()
     else:
         rank, world = 0, 1
@@ -121,10 +124,11 @@ def save_training_checkpoint(out_dir, model, optimizer, step, cfg, rank, keep_co
     opts = StateDictOptions(full_state_dict=True, cpu_offload=True)
     state = get_model_state_dict(model, options=opts)
     train_state = {"optimizer": get_optimizer_state_dict(model, optimizer, options=opts), "step": step, "config": asdict(cfg)}
-    if rank != 0:
-        return
-    for name in ["latest"] + ([f"step_{step}"] if keep_copy else []):
-        save_checkpoint(Path(out_dir) / name, state, model.config, files_from=model.source_dir, train_state=train_state)
+    if rank == 0:
+        for name in ["latest"] + ([f"step_{step}"] if keep_copy else []):
+            save_checkpoint(Path(out_dir) / name, state, model.config, files_from=model.source_dir, train_state=train_state)
+    if dist.is_initialized():  # nobody runs ahead into a collective while rank 0 writes
+        dist.barrier()
 
 
 def load_training_state(ckpt_dir, model, optimizer):
@@ -140,10 +144,14 @@ def lr_at(step, lr, warmup):
 
 
 class MetricsLog:
-    """metrics.jsonl: one JSON object per line, written by rank 0."""
+    """metrics.jsonl: one JSON object per line, written by rank 0. A resumed run first drops the
+    rows a killed run logged after its last checkpoint, so every step appears once."""
 
-    def __init__(self, out_dir, rank):
+    def __init__(self, out_dir, rank, resumed_step=0):
         self.path = Path(out_dir) / "metrics.jsonl" if rank == 0 else None
+        if self.path and self.path.exists():
+            rows = [line for line in self.path.read_text().splitlines() if json.loads(line)["step"] <= resumed_step]
+            self.path.write_text("".join(line + "\n" for line in rows))
 
     def write(self, **row):
         if self.path:
@@ -161,8 +169,9 @@ def build_examples(cfg, tok, split):
     rows = []
     for name in cfg.tasks.split(","):
         task = get_task(name)
-        if cfg.data:
-            examples = task.load(cfg.data)
+        if cfg.data:  # the file's last eval_n rows are held out, never trained on
+            rows_in_file = task.load(cfg.data)
+            examples = rows_in_file[:-cfg.eval_n] if split == "train" else rows_in_file[-cfg.eval_n:]
         else:
             examples = task.generate(cfg.n_train if split == "train" else cfg.eval_n, seed=0 if split == "train" else 1)
         for ex in examples:
@@ -243,7 +252,7 @@ def main(cfg):
     if cfg.batch_size % world:
         raise ValueError(f"--batch_size {cfg.batch_size} must divide by the number of processes {world}")
     per_rank = cfg.batch_size // world
-    log = MetricsLog(out, rank)
+    log = MetricsLog(out, rank, resumed_step=step)
     pbar = tqdm(range(step, cfg.max_steps), initial=step, total=cfg.max_steps, disable=rank != 0)
     for step in pbar:
         g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step * world + rank)
@@ -265,7 +274,8 @@ def main(cfg):
                    step_time=time.time() - t0, skipped=not torch.isfinite(grad_norm).item())
         if (step + 1) % cfg.eval_every == 0 or step + 1 == cfg.max_steps:
             row.update(evaluate(model, tok, *held_out[:3], cfg.gen_length, device))
-            tqdm.write(json.dumps(row))
+            if rank == 0:
+                tqdm.write(json.dumps(row))
         log.write(**row)
         pbar.set_postfix(loss=f"{row['loss']:.3f}")
         if (step + 1) % cfg.save_every == 0 or step + 1 == cfg.max_steps:
