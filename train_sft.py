@@ -14,19 +14,24 @@ setup (FSDP2), and training checkpoints that a killed run resumes from.
 Randomness is reseeded from (seed, step, rank) at every step, so resuming needs only the step.
 """
 import argparse
-from datetime import timedelta
 import json
 import os
 import time
 from dataclasses import asdict, dataclass, fields
+from datetime import timedelta
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
+from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict,
+                                                     get_optimizer_state_dict, set_optimizer_state_dict)
+from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 from tqdm import tqdm
 
 from model import LLaDA, byte_tokenizer_config, load_tokenizer, save_checkpoint, write_byte_tokenizer
+from sample import generate, left_pad
+from tasks import get_task
 
 
 @dataclass
@@ -97,7 +102,6 @@ def prepare_model(model, world, device, compile=False):
     """Activation checkpointing per block, then FSDP2 per block and on the root (torchtitan's
     recipe). Parameters stay float32 (master weights: at lr 3e-6 a bf16 weight cannot take
     the update); on the GPU compute runs in bf16 with float32 gradient reduction."""
-    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
     model.to(device=device, dtype=torch.float32)
     if compile:
         model.compile_blocks()
@@ -119,8 +123,6 @@ def autocast(device):
 def save_training_checkpoint(out_dir, model, optimizer, step, cfg, rank, keep_copy=False):
     """out_dir/latest: the model in the LLaDA layout plus train_state.pt (optimizer, step,
     config), gathered from all ranks and written by rank 0, complete or not at all."""
-    from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict,
-                                                         get_optimizer_state_dict)
     opts = StateDictOptions(full_state_dict=True, cpu_offload=True)
     state = get_model_state_dict(model, options=opts)
     train_state = {"optimizer": get_optimizer_state_dict(model, optimizer, options=opts), "step": step, "config": asdict(cfg)}
@@ -133,7 +135,6 @@ def save_training_checkpoint(out_dir, model, optimizer, step, cfg, rank, keep_co
 
 def load_training_state(ckpt_dir, model, optimizer):
     """Restore the optimizer from ckpt_dir/train_state.pt; returns the step to continue from."""
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
     state = torch.load(Path(ckpt_dir) / "train_state.pt", map_location="cpu", weights_only=False)
     set_optimizer_state_dict(model, optimizer, state["optimizer"], options=StateDictOptions(full_state_dict=True))
     return state["step"]
@@ -165,7 +166,6 @@ class MetricsLog:
 def build_examples(cfg, tok, split):
     """Tokenised (prompt, response) pairs: prompts left-padded with a key mask, responses =
     reference completion + <|eot_id|>, padded with EOS to gen_length (as LLaDA's SFT data)."""
-    from tasks import get_task
     rows = []
     for name in cfg.tasks.split(","):
         task = get_task(name)
@@ -181,14 +181,8 @@ def build_examples(cfg, tok, split):
     if too_long:
         raise ValueError(f"--gen_length {cfg.gen_length}: {len(too_long)} reference answers are longer "
                          f"(longest {max(len(r[3]) for r in too_long)} tokens)")
-    P = max(len(r[2]) for r in rows)
-    prompts = torch.full((len(rows), P), tok.eos_id)
-    prompt_mask = torch.zeros(len(rows), P, dtype=torch.bool)
-    responses = torch.full((len(rows), cfg.gen_length), tok.eos_id)
-    for i, (_, _, p, r) in enumerate(rows):
-        prompts[i, P - len(p):] = torch.tensor(p)
-        prompt_mask[i, P - len(p):] = True
-        responses[i, :len(r)] = torch.tensor(r)
+    prompts, prompt_mask = left_pad([r[2] for r in rows], tok.eos_id)
+    responses = torch.tensor([r[3] + [tok.eos_id] * (cfg.gen_length - len(r[3])) for r in rows])
     return rows, prompts, prompt_mask, responses
 
 
@@ -212,8 +206,6 @@ def sft_loss(model, prompts, prompt_mask, responses, t, masked, mask_id):
 @torch.no_grad()
 def evaluate(model, tok, rows, prompts, prompt_mask, gen_length, device, batch_size=256):
     """Held-out accuracy per task with ASS + EOSER at log2(L) steps (the papers' fast decoding)."""
-    from sample import generate
-    from tasks import get_task
     model.eval()
     correct, total = {}, {}
     for i in range(0, len(rows), batch_size):
