@@ -845,9 +845,13 @@ def assert_grads_close(g0, g1, rtol=1e-4, atol=1e-6):
         torch.testing.assert_close(a, b, rtol=rtol, atol=atol)
 
 
-def test_cj_grpo_loss_and_gradient_equal_naive():
+@pytest.mark.parametrize("decode", [{}, dict(schedule="threshold", steps=None, eoser=False, threshold=0.004)])
+def test_cj_grpo_loss_and_gradient_equal_naive(decode):
+    """ASS (every row commits k_i slots per step) and the adaptive threshold rule (rows differ)."""
     model = tiny_model().train()
-    mb = fixed_rollout(model, "cj_grpo")
+    mb = fixed_rollout(model, "cj_grpo", **decode)
+    counts = torch.stack([(mb["step_of"] == i).sum(1) for i in range(mb["num_steps"])])
+    assert bool((counts == counts[:, :1]).all()) == (not decode)
     mb["logp"] = mb["logp"] + 0.3 * torch.randn_like(mb["logp"])  # an off-policy batch, so the clip acts
     cfg = rl_config(algo="cj_grpo")
     model.zero_grad()

@@ -102,10 +102,10 @@ def k3_kl(logp, ref_logp):
     return torch.exp(d) - d - 1
 
 
-def token_logp(model, x, attn, P, L, tokens, temperature):
-    """log p(token) under the sampling distribution of sample.py (temperature applied, the mask
-    id and unused vocab rows excluded), for the L generation slots. Float32 log-softmax."""
-    logits = model(x, attention_mask=attn, logits_slice=slice(P, P + L))
+def token_logp(model, x, attn, positions, tokens, temperature):
+    """log p(tokens) at `positions` (a slice, or (B, K) per row) of input x under the sampling
+    distribution of sample.py; the LM head runs for those positions only."""
+    logits = model(x, attention_mask=attn, logits_slice=positions)
     return sampling_logp(logits, tokens, model.config, temperature)
 
 
@@ -122,21 +122,23 @@ def cj_grpo_loss(model, ref, mb, cfg, n_micro):
     with rho = exp(log p(x_j | state x_i) - the log-prob stored by the rollout at step i).
     Every step weighs 1/S whatever its size; backward runs per step, so memory is that of one
     step (the reference builds all S graphs first, so its memory grows with S)."""
-    P, L, S = mb["P"], mb["L"], mb["num_steps"]
-    gen = slice(P, P + L)
+    S = mb["num_steps"]
     stats = dict(loss=0.0, clipped=0.0, kl=0.0, tokens=0)
     for i in range(S):
-        committed = mb["step_of"][:, gen] == i
+        committed = mb["step_of"] == i  # prompt slots hold -1
         n = committed.sum()
         if n == 0:
             continue
+        # the LM head only for the slots committed at step i (rows with fewer get unused slots, weight 0)
+        pos = committed.float().topk(int(committed.sum(1).max()), dim=1).indices
+        committed, tokens = committed.gather(1, pos), mb["x"].gather(1, pos)
         state = torch.where(mb["step_of"] >= i, model.config.mask_token_id, mb["x"])
         with autocast(mb["device"]):
-            logp = token_logp(model, state, mb["attn"], P, L, mb["x"][:, gen], cfg.temperature)
-        obj, clipped = clipped_objective(logp, mb["logp"][:, gen], mb["adv"][:, None], cfg.clip_eps)
+            logp = token_logp(model, state, mb["attn"], pos, tokens, cfg.temperature)
+        obj, clipped = clipped_objective(logp, mb["logp"].gather(1, pos), mb["adv"][:, None], cfg.clip_eps)
         if ref is not None:
             with torch.no_grad(), autocast(mb["device"]):
-                ref_logp = token_logp(ref, state, mb["attn"], P, L, mb["x"][:, gen], cfg.temperature)
+                ref_logp = token_logp(ref, state, mb["attn"], pos, tokens, cfg.temperature)
             kl = k3_kl(logp, ref_logp)
             obj = obj - cfg.beta * kl
             stats["kl"] += (kl * committed).sum().item() / n.item() / S
@@ -199,7 +201,7 @@ def diffu_grpo_logp(model, mb, iteration, cfg):
     x[:, P:] = model.config.mask_token_id
     x[:, :P] = torch.where(mb["prompt_masks"][iteration], model.config.mask_token_id, x[:, :P])
     with autocast(mb["device"]):
-        return token_logp(model, x, mb["attn"], P, L, mb["x"][:, P:], cfg.temperature)
+        return token_logp(model, x, mb["attn"], slice(P, P + L), mb["x"][:, P:], cfg.temperature)
 
 
 def diffu_grpo_loss(model, ref, mb, iteration, cfg, n_micro):
