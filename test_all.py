@@ -1108,3 +1108,14 @@ def test_sft_resume_continues_with_the_same_step_and_weights(tmp_path):
         assert torch.equal(a[k], b[k]), k
     steps = [json.loads(line)["step"] for line in (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()]
     assert steps == [1, 2, 3, 4]
+
+
+def test_rl_out_of_memory_is_one_clear_message(tmp_path, monkeypatch):
+    import os
+
+    def oom(*args, **kwargs):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
+    monkeypatch.setattr(RL, "train_on_rollout", oom)
+    init = os.path.join(os.path.dirname(os.path.abspath(__file__)), "checkpoints", "llada-tiny")
+    with pytest.raises(SystemExit, match="out of memory at step 1 .*micro_batch 2.*try a smaller --micro_batch"):
+        RL.main(RL.config_from_args(RL.RLConfig, ["--init", init, *RL_SMALL, "--out_dir", str(tmp_path), "--steps", "1"]))

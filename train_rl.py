@@ -393,16 +393,22 @@ def main(cfg):
         for g in optimizer.param_groups:
             g["lr"] = lr_at(step, cfg.lr, cfg.warmup)
         t0 = time.time()
-        batch = rollout(model, tok, task, examples, cfg, device)
-        if cfg.algo == "diffu_grpo":
-            prompt_attn = batch["attn"][:, :batch["P"]]
-            batch["prompt_masks"] = torch.stack([diffu_mask(prompt_attn.cpu(), cfg.prompt_mask_p, cfg.seed * 7919 + (step * world + rank) * 131 + j)
-                                                 for j in range(cfg.num_iterations)]).to(device)
-            if cfg.num_iterations > 1:
-                with torch.no_grad():
-                    batch["old_logp"] = torch.stack([diffu_grpo_logp(model, batch, j, cfg) for j in range(cfg.num_iterations)])
-        t1 = time.time()
-        stats = train_on_rollout(model, ref, optimizer, batch, cfg, world)
+        try:
+            batch = rollout(model, tok, task, examples, cfg, device)
+            if cfg.algo == "diffu_grpo":
+                prompt_attn = batch["attn"][:, :batch["P"]]
+                batch["prompt_masks"] = torch.stack([diffu_mask(prompt_attn.cpu(), cfg.prompt_mask_p, cfg.seed * 7919 + (step * world + rank) * 131 + j)
+                                                     for j in range(cfg.num_iterations)]).to(device)
+                if cfg.num_iterations > 1:
+                    with torch.no_grad():
+                        batch["old_logp"] = torch.stack([diffu_grpo_logp(model, batch, j, cfg) for j in range(cfg.num_iterations)])
+            t1 = time.time()
+            stats = train_on_rollout(model, ref, optimizer, batch, cfg, world)
+        except torch.OutOfMemoryError:
+            raise SystemExit(f"out of memory at step {step + 1} (algo {cfg.algo}, {per_rank * cfg.group_size} sequences per rank, "
+                             f"micro_batch {cfg.micro_batch}, gen_length {cfg.gen_length}, stack {cfg.stack}): try a smaller "
+                             f"--micro_batch, --stack (just_grpo) or --prompts_per_step, or more processes under torchrun "
+                             f"(FSDP shards the weights and turns on activation checkpointing)") from None
         t2 = time.time()
         eos = batch["x"][:, batch["P"]:] == model.config.eos_token_id
         length = torch.where(eos.any(1), eos.float().argmax(1), cfg.gen_length).float()

@@ -1,0 +1,272 @@
+"""
+The RL training phase at LLaDA-8B width on one GPU (random weights, fewer layers so that float32
+master weights + AdamW fit): per algorithm, peak memory, rollout and training seconds, tokens/s
+and model FLOP utilisation; CJ-GRPO memory against the number of decoding steps (step-by-step
+backward vs building every step's graph first); the rollout's stored log-probs against a second
+pass; JustGRPO's stacked positions against the one-forward-per-token loop.
+
+    python bench_train.py --layers 6 --out bench_train.json      # one H100 / H200
+    python bench_train.py --tiny                                 # CPU smoke check of the script
+
+MFU = 3 x forward FLOPs (bench_model.forward_flops: matmuls, attention and the LM head rows
+actually computed; activation recomputation not counted) / training time / bf16 matmul rate
+measured in the same run.
+"""
+import argparse
+import json
+import time
+from dataclasses import replace
+
+import torch
+
+import train_rl as RL
+from bench_model import forward_flops, matmul_tflops
+from model import LLaDA, LLaDAConfig, byte_tokenizer_config
+from sample import generate
+
+
+def sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def peak_gib(device):
+    return torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else float("nan")
+
+
+def reset_peak(device):
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+
+
+def make_batch(model, cfg, n, P, device, seed=0):
+    """A rollout on random prompts with the algorithm's decoding; advantages are random (a
+    benchmark has no reward)."""
+    torch.manual_seed(seed)
+    prompts = torch.randint(0, 256, (n, P), device=device)  # byte-level ids exist in both vocabularies
+    t = time.time()
+    with torch.no_grad(), RL.autocast(device):
+        x, traj = generate(model, prompts, gen_length=cfg.gen_length, temperature=1.0, return_trajectory=True,
+                           record_entropy=True, **RL.decode_kwargs(cfg, cfg.algo))
+    sync(device)
+    batch = dict(x=x, step_of=traj.step_of, logp=traj.logp, entropy=traj.entropy, attn=torch.ones_like(x, dtype=torch.bool), P=P, L=cfg.gen_length,
+                 num_steps=traj.num_steps, device=device, adv=torch.randn(n, device=device))
+    if cfg.algo == "diffu_grpo":
+        prompt_attn = torch.ones(n, P, dtype=torch.bool)
+        batch["prompt_masks"] = torch.stack([RL.diffu_mask(prompt_attn, cfg.prompt_mask_p, j) for j in range(cfg.num_iterations)]).to(device)
+    return batch, time.time() - t
+
+
+def training_flops(model_cfg, batch, cfg):
+    """Forward FLOPs of the training phase, x3 for forward + backward."""
+    n, T, S = len(batch["x"]), batch["x"].size(1), batch["num_steps"]
+    if cfg.algo == "cj_grpo":
+        committed = [int((batch["step_of"] == i).sum(1).max()) for i in range(S)]
+        fwd = sum(forward_flops(model_cfg, n, T, k) for k in committed if k)
+    elif cfg.algo == "just_grpo":
+        fwd = forward_flops(model_cfg, n * cfg.gen_length, T, 1)
+    else:
+        fwd = forward_flops(model_cfg, n, T, cfg.gen_length)
+    return 3 * fwd * cfg.num_iterations
+
+
+def bench_algorithms(model, device, args, rate):
+    rows = []
+    runs = {"cj_grpo": dict(algo="cj_grpo", num_iterations=2),
+            "just_grpo": dict(algo="just_grpo", num_iterations=1, stack=args.stack),
+            "diffu_grpo": dict(algo="diffu_grpo", num_iterations=2)}
+    for name, kw in runs.items():
+        cfg = replace(RL.RLConfig(gen_length=args.gen_length, micro_batch=args.micro_batch), **kw)
+        batch, rollout_s = make_batch(model, cfg, args.sequences, args.prompt_length, device)
+        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-7)
+        RL.train_on_rollout(model, None, optimizer, batch, cfg, 1)  # warm-up: optimizer state, kernels
+        reset_peak(device)
+        sync(device)
+        t = time.time()
+        RL.train_on_rollout(model, None, optimizer, batch, cfg, 1)
+        sync(device)
+        train_s = time.time() - t
+        flops = training_flops(model.config, batch, cfg)
+        rows.append(dict(algo=name, sequences=args.sequences, decode_steps=batch["num_steps"], rollout_s=rollout_s,
+                         train_s=train_s, trained_tokens_per_s=batch["x"].numel() * cfg.num_iterations / train_s,
+                         mfu=flops / train_s / (rate * 1e12), peak_gib=peak_gib(device)))
+        print(json.dumps(rows[-1]), flush=True)
+        del optimizer
+    return rows
+
+
+def cj_all_graphs_backward(model, mb, cfg):
+    """The reference's way: every step's graph is built, then one backward (memory grows with S)."""
+    total = 0.0
+    for i in range(mb["num_steps"]):
+        committed = mb["step_of"] == i
+        if committed.sum() == 0:
+            continue
+        state = torch.where(mb["step_of"] >= i, model.config.mask_token_id, mb["x"])
+        with RL.autocast(mb["device"]):
+            logp = RL.token_logp(model, state, mb["attn"], slice(mb["P"], None), mb["x"][:, mb["P"]:], cfg.temperature)
+        obj, _ = RL.clipped_objective(logp, mb["logp"][:, mb["P"]:], mb["adv"][:, None], cfg.clip_eps)
+        total = total - (obj * committed[:, mb["P"]:]).sum() / committed.sum() / mb["num_steps"]
+    total.backward()
+
+
+def bench_cj_memory(model, device, args):
+    """Peak training memory at S = 8 (ASS + EOSER) and S = 128 (semi-AR, blocks of 128), both ways."""
+    rows = []
+    L = args.gen_length
+    for label, kw in {f"ASS+EOSER S={L.bit_length() - 1}": dict(schedule="ass"),
+                      f"semi-AR S={L // 2}": dict(schedule="linear", block_length=L // 2, diffusion_steps=L // 2, eoser=False)}.items():
+        cfg = replace(RL.RLConfig(algo="cj_grpo", gen_length=L), **kw)
+        mb, _ = make_batch(model, cfg, args.micro_batch, args.prompt_length, device)
+        for way, fn in (("step by step", lambda: RL.cj_grpo_loss(model, None, mb, cfg, 1)),
+                        ("all graphs, one backward", lambda: cj_all_graphs_backward(model, mb, cfg))):
+            model.zero_grad(set_to_none=True)
+            reset_peak(device)
+            try:
+                fn()
+                peak = peak_gib(device)
+            except torch.OutOfMemoryError:
+                peak = float("inf")
+            rows.append(dict(rollout=label, way=way, micro_batch=args.micro_batch, peak_gib=peak))
+            print(json.dumps(rows[-1]), flush=True)
+    model.zero_grad(set_to_none=True)
+    return rows
+
+
+def bench_logp_reuse(model, device, args):
+    """CJ-GRPO's old log-probs: stored by the rollout, or recomputed with a second pass."""
+    cfg = RL.RLConfig(algo="cj_grpo", gen_length=args.gen_length)
+    mb, _ = make_batch(model, cfg, args.micro_batch, args.prompt_length, device)
+    sync(device)
+    t = time.time()
+    diff = 0.0
+    with torch.no_grad(), RL.autocast(device):
+        for i in range(mb["num_steps"]):
+            committed = mb["step_of"] == i
+            state = torch.where(mb["step_of"] >= i, model.config.mask_token_id, mb["x"])
+            lp = RL.token_logp(model, state, None, slice(mb["P"], None), mb["x"][:, mb["P"]:], cfg.temperature)
+            diff = max(diff, (lp - mb["logp"][:, mb["P"]:]).abs()[committed[:, mb["P"]:]].max().item())
+    sync(device)
+    return dict(second_pass_s=time.time() - t, max_abs_logp_diff=diff, micro_batch=args.micro_batch)
+
+
+def bench_just_stacking(model, device, args):
+    """JustGRPO: stacked (sequence, position) rows per forward against one forward per token."""
+    rows = []
+    for mb_size in (1, 8):
+        cfg = RL.RLConfig(algo="just_grpo", gen_length=args.gen_length, num_iterations=1, stack=args.stack)
+        mb, _ = make_batch(model, cfg, mb_size, args.prompt_length, device)
+        n_nonzero = float((mb["adv"] != 0).sum())
+        grads, times = [], []
+        for way in ("loop", "stacked"):
+            model.zero_grad(set_to_none=True)
+            sync(device)
+            t = time.time()
+            if way == "stacked":
+                RL.just_grpo_loss(model, mb, cfg, n_nonzero)
+            else:  # the published loop: one forward + backward per token position over the micro-batch
+                P, L = mb["P"], mb["L"]
+                for s in range(L):
+                    state = torch.where(mb["step_of"] >= s, model.config.mask_token_id, mb["x"])
+                    with RL.autocast(device):
+                        lp = RL.token_logp(model, state, None, slice(P + s, P + s + 1), mb["x"][:, P + s:P + s + 1], 1.0)
+                    (-(mb["adv"] * lp[:, 0]).sum() / (L * (n_nonzero + 1e-5))).backward()
+            sync(device)
+            times.append(time.time() - t)
+            grads.append(torch.cat([p.grad.flatten().float() for p in model.parameters() if p.grad is not None]))
+        rows.append(dict(micro_batch=mb_size, loop_s=times[0], stacked_s=times[1], speedup=times[0] / times[1],
+                         max_grad_diff=(grads[0] - grads[1]).abs().max().item(), grad_scale=grads[0].abs().max().item()))
+        print(json.dumps(rows[-1]), flush=True)
+    model.zero_grad(set_to_none=True)
+    return rows
+
+
+def bench_position_options(device, n_prompts, group_size):
+    """JustGRPO positions that need not be computed, on the bundled trained model (random weights
+    emit no EOS): training time and the cosine similarity of the gradient to the full loss."""
+    from model import load_tokenizer
+    from tasks import get_task
+    model = LLaDA.from_pretrained("checkpoints/llada-tiny", device=device)
+    tok, task = load_tokenizer("checkpoints/llada-tiny"), get_task("sudoku")
+    cfg = RL.RLConfig(algo="just_grpo", num_iterations=1, group_size=group_size, std_norm=True, stack=512, top_entropy=0.5)
+    torch.manual_seed(0)
+    batch = RL.rollout(model, tok, task, task.generate(n_prompts, seed=1), cfg, device)  # top_entropy < 1 records entropies
+    n_nonzero = float((batch["adv"] != 0).sum())
+    rows, full = [], None
+    for label, kw in {"all positions": dict(top_entropy=1.0), "skip the EOS tail": dict(top_entropy=1.0, skip_eos_tail=True),
+                      "top 50% entropy": dict(top_entropy=0.5), "top 25% entropy": dict(top_entropy=0.25)}.items():
+        model.zero_grad(set_to_none=True)
+        sync(device)
+        t = time.time()
+        stats = RL.just_grpo_loss(model, batch, replace(cfg, **kw), n_nonzero)
+        sync(device)
+        seconds = time.time() - t
+        grad = torch.cat([p.grad.flatten() for p in model.parameters()])
+        full = grad if full is None else full
+        rows.append(dict(positions=label, trained_positions=stats["tokens"], seconds=seconds,
+                         speedup=rows[0]["seconds"] / seconds if rows else 1.0,
+                         cosine_to_full=torch.nn.functional.cosine_similarity(grad, full, dim=0).item()))
+        print(json.dumps(rows[-1]), flush=True)
+    return rows
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--layers", type=int, default=6, help="transformer blocks at the real width (32 do not fit one GPU with AdamW)")
+    ap.add_argument("--sequences", type=int, default=12, help="rollout sequences per optimizer step (2 prompts x G = 6)")
+    ap.add_argument("--micro_batch", type=int, default=4)
+    ap.add_argument("--stack", type=int, default=32, help="JustGRPO (sequence, position) rows per forward")
+    ap.add_argument("--prompt_length", type=int, default=128)
+    ap.add_argument("--gen_length", type=int, default=256)
+    ap.add_argument("--tiny", action="store_true", help="small model on the CPU: checks the script runs")
+    ap.add_argument("--positions_only", action="store_true", help="only the position options, on the bundled model")
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="for --positions_only")
+    ap.add_argument("--out", default="")
+    args = ap.parse_args()
+    if args.positions_only:
+        rows = bench_position_options(torch.device(args.device), 8, 4)
+        print(f"\nJustGRPO on the bundled model, 8 Sudoku prompts x G = 4, L = 64, {args.device}")
+        print("| positions | trained | seconds | speed-up | cosine to full gradient |\n|---|---|---|---|---|")
+        for r in rows:
+            print(f"| {r['positions']} | {r['trained_positions']} | {r['seconds']:.2f} | {r['speedup']:.2f}x | {r['cosine_to_full']:.3f} |")
+        return
+    if args.tiny:
+        device, rate = torch.device("cpu"), 1.0
+        cfg = byte_tokenizer_config(d_model=64, n_layers=2, n_heads=4, n_kv_heads=4, mlp_hidden_size=128)
+        args.prompt_length, args.gen_length, args.sequences, args.micro_batch, args.stack = 8, 16, 4, 2, 8
+    else:
+        device, rate = torch.device("cuda"), matmul_tflops()
+        cfg = LLaDAConfig(n_layers=args.layers)
+    torch.manual_seed(0)
+    with torch.device(device):
+        model = LLaDA(cfg)  # float32 master weights; RL.autocast runs the compute in bf16 on the GPU
+    model.activation_checkpointing = device.type == "cuda"
+    where = torch.cuda.get_device_name() if device.type == "cuda" else "cpu"
+    print(f"{where}, torch {torch.__version__}, {cfg.n_layers} layers at d_model {cfg.d_model}, "
+          f"{sum(p.numel() for p in model.parameters()) / 1e9:.2f}B parameters, matmul {rate:.0f} TFLOP/s")
+    result = dict(device=where, torch=torch.__version__, layers=cfg.n_layers, matmul_tflops=rate, args=vars(args))
+    result["algorithms"] = bench_algorithms(model, device, args, rate)
+    result["cj_memory"] = bench_cj_memory(model, device, args)
+    result["logp_reuse"] = bench_logp_reuse(model, device, args)
+    result["just_stacking"] = bench_just_stacking(model, device, args)
+    print("\n| algo | decode steps | rollout s | train s | tokens/s | MFU | peak GiB |\n|---|---|---|---|---|---|---|")
+    for r in result["algorithms"]:
+        print(f"| {r['algo']} | {r['decode_steps']} | {r['rollout_s']:.2f} | {r['train_s']:.2f} | "
+              f"{r['trained_tokens_per_s']:.0f} | {r['mfu']:.1%} | {r['peak_gib']:.1f} |")
+    print("\n| CJ-GRPO rollout | backward | peak GiB |\n|---|---|---|")
+    for r in result["cj_memory"]:
+        print(f"| {r['rollout']} | {r['way']} | {r['peak_gib']:.1f} |")
+    lr = result["logp_reuse"]
+    print(f"\nCJ-GRPO second pass for old log-probs: {lr['second_pass_s']:.2f} s per micro-batch of {lr['micro_batch']} "
+          f"(saved by reusing the rollout's); largest |stored - recomputed| = {lr['max_abs_logp_diff']:.2e}")
+    print("\n| JustGRPO micro-batch | loop s | stacked s | speed-up | max grad diff (of max grad) |\n|---|---|---|---|---|")
+    for r in result["just_stacking"]:
+        print(f"| {r['micro_batch']} | {r['loop_s']:.2f} | {r['stacked_s']:.2f} | {r['speedup']:.2f}x | "
+              f"{r['max_grad_diff']:.1e} ({r['grad_scale']:.1e}) |")
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump(result, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
