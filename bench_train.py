@@ -53,7 +53,7 @@ def make_batch(model, cfg, n, P, device, seed=0):
                  num_steps=traj.num_steps, device=device, adv=torch.randn(n, device=device))
     if cfg.algo == "diffu_grpo":
         prompt_attn = torch.ones(n, P, dtype=torch.bool)
-        batch["prompt_masks"] = torch.stack([RL.diffu_mask(prompt_attn, cfg.prompt_mask_p, j) for j in range(cfg.num_iterations)]).to(device)
+        batch["prompt_masks"] = torch.stack([RL.diffu_mask(prompt_attn, cfg.prompt_mask_p, j) for j in range(cfg.num_iterations)], 1).to(device)
     return batch, time.time() - t
 
 

@@ -937,9 +937,9 @@ def test_diffu_grpo_loss_and_gradient_equal_naive():
     model = tiny_model().train()
     mb = fixed_rollout(model, "diffu_grpo")
     cfg = rl_config(algo="diffu_grpo", num_iterations=2)
-    mb["prompt_masks"] = torch.stack([RL.diffu_mask(mb["attn"][:, :mb["P"]], 0.3, seed) for seed in (1, 2)])
-    assert mb["prompt_masks"].any() and not torch.equal(mb["prompt_masks"][0], mb["prompt_masks"][1])
-    mb["old_logp"] = torch.stack([RL.diffu_grpo_logp(model, mb, j, cfg).detach() for j in range(2)])
+    mb["prompt_masks"] = torch.stack([RL.diffu_mask(mb["attn"][:, :mb["P"]], 0.3, seed) for seed in (1, 2)], 1)  # (B, mu, P)
+    assert mb["prompt_masks"].any() and not torch.equal(mb["prompt_masks"][:, 0], mb["prompt_masks"][:, 1])
+    mb["old_logp"] = torch.stack([RL.diffu_grpo_logp(model, mb, j, cfg).detach() for j in range(2)], 1)
     mb["old_logp"] += 0.3 * torch.randn_like(mb["old_logp"])
     model.zero_grad()
     stats = RL.diffu_grpo_loss(model, None, mb, 1, cfg, n_micro=1)
@@ -949,12 +949,12 @@ def test_diffu_grpo_loss_and_gradient_equal_naive():
     for b in range(len(mb["x"])):
         seq = mb["x"][b].clone()
         seq[P:] = model.config.mask_token_id
-        seq[:P][mb["prompt_masks"][1, b]] = model.config.mask_token_id
+        seq[:P][mb["prompt_masks"][b, 1]] = model.config.mask_token_id
         logits = model(seq[None], attention_mask=mb["attn"][b][None])[0].double()
         logits = logits.masked_fill(banned_ids(model.config, logits.device), -math.inf)
         for t in range(mb["L"]):
             lp = torch.log_softmax(logits[P + t], -1)[mb["x"][b, P + t]]
-            rho = torch.exp(lp - mb["old_logp"][1, b, t].double())
+            rho = torch.exp(lp - mb["old_logp"][b, 1, t].double())
             a = mb["adv"][b].double()
             terms.append(torch.min(rho * a, torch.clamp(rho, 0.8, 1.2) * a))
             if mb["x"][b, P + t] == eos:

@@ -199,7 +199,7 @@ def diffu_grpo_logp(model, mb, iteration, cfg):
     P, L = mb["P"], mb["L"]
     x = mb["x"].clone()
     x[:, P:] = model.config.mask_token_id
-    x[:, :P] = torch.where(mb["prompt_masks"][iteration], model.config.mask_token_id, x[:, :P])
+    x[:, :P] = torch.where(mb["prompt_masks"][:, iteration], model.config.mask_token_id, x[:, :P])
     with autocast(mb["device"]):
         return token_logp(model, x, mb["attn"], slice(P, P + L), mb["x"][:, P:], cfg.temperature)
 
@@ -209,7 +209,7 @@ def diffu_grpo_loss(model, ref, mb, iteration, cfg, n_micro):
     averaged over the completion tokens up to and including the first EOS."""
     P = mb["P"]
     logp = diffu_grpo_logp(model, mb, iteration, cfg)
-    old = mb["old_logp"][iteration] if "old_logp" in mb else logp.detach()
+    old = mb["old_logp"][:, iteration] if "old_logp" in mb else logp.detach()
     obj, clipped = clipped_objective(logp, old, mb["adv"][:, None], cfg.clip_eps)
     eos = mb["x"][:, P:] == model.config.eos_token_id
     keep = (eos.cumsum(1) - eos.long()) == 0  # up to and including the first EOS
@@ -305,14 +305,10 @@ def all_ranks(t):
 
 
 def micro_batches(batch, size):
+    """Slices of every per-sequence tensor (first dimension = sequences) of the rollout batch."""
     keys = [k for k, v in batch.items() if torch.is_tensor(v) and v.dim() >= 1 and v.size(0) == len(batch["x"])]
     for i in range(0, len(batch["x"]), size):
-        mb = {**batch, **{k: batch[k][i:i + size] for k in keys}}
-        if "prompt_masks" in batch:
-            mb["prompt_masks"] = batch["prompt_masks"][:, i:i + size]
-        if "old_logp" in batch:
-            mb["old_logp"] = batch["old_logp"][:, i:i + size]
-        yield mb
+        yield {**batch, **{k: batch[k][i:i + size] for k in keys}}
 
 
 def train_on_rollout(model, ref, optimizer, batch, cfg, world):
@@ -398,10 +394,10 @@ def main(cfg):
             if cfg.algo == "diffu_grpo":
                 prompt_attn = batch["attn"][:, :batch["P"]]
                 batch["prompt_masks"] = torch.stack([diffu_mask(prompt_attn.cpu(), cfg.prompt_mask_p, cfg.seed * 7919 + (step * world + rank) * 131 + j)
-                                                     for j in range(cfg.num_iterations)]).to(device)
+                                                     for j in range(cfg.num_iterations)], 1).to(device)
                 if cfg.num_iterations > 1:
                     with torch.no_grad():
-                        batch["old_logp"] = torch.stack([diffu_grpo_logp(model, batch, j, cfg) for j in range(cfg.num_iterations)])
+                        batch["old_logp"] = torch.stack([diffu_grpo_logp(model, batch, j, cfg) for j in range(cfg.num_iterations)], 1)
             t1 = time.time()
             stats = train_on_rollout(model, ref, optimizer, batch, cfg, world)
         except torch.OutOfMemoryError:
