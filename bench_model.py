@@ -9,7 +9,6 @@ peak memory; then save_pretrained of the 8B model and from_pretrained in a fresh
 """
 import argparse
 import json
-import resource
 import subprocess
 import sys
 import tempfile
@@ -99,7 +98,7 @@ def main():
             del model
             torch.cuda.empty_cache()
             result.update(load_in_fresh_process(f"{tmp}/llada-8b-random"))
-    print(f"\n| mode | B x T | forward ms | floor ms | ratio | peak GiB |\n|---|---|---|---|---|---|")
+    print("\n| mode | B x T | forward ms | floor ms | ratio | peak GiB |\n|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['mode']} | {r['B']} x {r['T']} | {r['ms']:.1f} | {r['floor_ms']:.1f} | {r['ratio']:.2f}x | {r['peak_gib']:.1f} |")
     if "load_s" in result:

@@ -859,7 +859,7 @@ def test_cj_grpo_loss_and_gradient_equal_naive(decode):
     fast = grads_of(model)
     # naive: one model call per (step, sequence); build the whole loss, one backward
     model.zero_grad()
-    P, S, total, clipped = mb["P"], mb["num_steps"], 0.0, 0
+    S, total, clipped = mb["num_steps"], 0.0, 0
     for i in range(S):
         terms = []
         for b in range(len(mb["x"])):
