@@ -19,11 +19,13 @@ from dataclasses import replace
 from pathlib import Path
 
 import torch
+import torch.distributed as dist
 
 import train_rl as RL
 from bench_model import forward_flops, matmul_tflops
 from model import LLaDA, LLaDAConfig, byte_tokenizer_config
 from sample import generate
+from train_sft import end_generation, prepare_model, setup_distributed
 
 
 def sync(device):
@@ -40,6 +42,11 @@ def reset_peak(device):
         torch.cuda.reset_peak_memory_stats()
 
 
+def local(t):
+    """This process's part of a (possibly FSDP-sharded) tensor."""
+    return t.to_local() if hasattr(t, "to_local") else t
+
+
 def make_batch(model, cfg, n, P, device, seed=0):
     """A rollout on random prompts with the algorithm's decoding; advantages are random (a
     benchmark has no reward)."""
@@ -49,6 +56,7 @@ def make_batch(model, cfg, n, P, device, seed=0):
     with torch.no_grad(), RL.autocast(device):
         x, traj = generate(model, prompts, gen_length=cfg.gen_length, temperature=1.0, return_trajectory=True,
                            record_entropy=True, **RL.decode_kwargs(cfg, cfg.algo))
+    end_generation(model)
     sync(device)
     batch = dict(x=x, step_of=traj.step_of, logp=traj.logp, entropy=traj.entropy, attn=torch.ones_like(x, dtype=torch.bool), P=P, L=cfg.gen_length,
                  num_steps=traj.num_steps, device=device, adv=torch.randn(n, device=device))
@@ -71,7 +79,7 @@ def training_flops(model_cfg, batch, cfg):
     return 3 * fwd * cfg.num_iterations
 
 
-def bench_algorithms(model, device, args, rate):
+def bench_algorithms(model, device, args):
     rows = []
     runs = {"cj_grpo": dict(algo="cj_grpo", num_iterations=2),
             "just_grpo": dict(algo="just_grpo", num_iterations=1, stack=args.stack),
@@ -79,8 +87,9 @@ def bench_algorithms(model, device, args, rate):
     for name, kw in runs.items():
         cfg = replace(RL.RLConfig(gen_length=args.gen_length, micro_batch=args.micro_batch), **kw)
         batch, rollout_s = make_batch(model, cfg, args.sequences, args.prompt_length, device)
-        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-7)
-        warmup = next(RL.micro_batches(batch, cfg.micro_batch))
+        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-7, fused=device.type == "cuda")
+        # JustGRPO runs gen_length forwards' worth per sequence: two sequences warm it up
+        warmup = next(RL.micro_batches(batch, 2 if name == "just_grpo" else cfg.micro_batch))
         RL.train_on_rollout(model, None, optimizer, warmup, cfg, 1)  # optimizer state, kernels, allocator
         if args.profile:
             profile_training(model, optimizer, warmup, cfg, device, f"{args.profile}/{name}.txt")
@@ -93,7 +102,7 @@ def bench_algorithms(model, device, args, rate):
         flops = training_flops(model.config, batch, cfg)
         rows.append(dict(algo=name, sequences=args.sequences, decode_steps=batch["num_steps"], rollout_s=rollout_s,
                          train_s=train_s, trained_tokens_per_s=batch["x"].numel() * cfg.num_iterations / train_s,
-                         mfu=flops / train_s / (rate * 1e12), peak_gib=peak_gib(device)))
+                         mfu=flops / train_s / (args.matmul_tflops * 1e12), peak_gib=peak_gib(device)))
         print(json.dumps(rows[-1]), flush=True)
         del optimizer
     return rows
@@ -109,7 +118,7 @@ def profile_training(model, optimizer, mb, cfg, device, path):
         sync(device)
     sort = "cuda_time_total" if device.type == "cuda" else "cpu_time_total"
     with open(path, "w") as f:
-        f.write(prof.key_averages().table(sort_by=sort, row_limit=25))
+        f.write(prof.key_averages().table(sort_by=sort, row_limit=40, max_name_column_width=90))
 
 
 def cj_all_graphs_backward(model, mb, cfg):
@@ -210,7 +219,7 @@ def bench_just_stacking(model, device, args):
                     (-(mb["adv"] * lp[:, 0]).sum() / (L * (n_nonzero + 1e-5))).backward()
             sync(device)
             times.append(time.time() - t)
-            grads.append(torch.cat([p.grad.flatten().float() for p in model.parameters() if p.grad is not None]))
+            grads.append(torch.cat([local(p.grad).flatten().float() for p in model.parameters() if p.grad is not None]))
         rows.append(dict(micro_batch=mb_size, loop_s=times[0], stacked_s=times[1], speedup=times[0] / times[1],
                          ceiling_speedup=times[0] / (mb_size * mb["L"] * ceiling_s),
                          max_grad_diff=(grads[0] - grads[1]).abs().max().item(), grad_scale=grads[0].abs().max().item()))
@@ -248,20 +257,50 @@ def bench_position_options(device, n_prompts, group_size):
     return rows
 
 
+def print_tables(result, args):
+    if "algorithms" in result:
+        print(f"\n| algo ({result['mode']}) | decode steps | rollout s | train s | tokens/s | MFU | peak GiB |\n|---|---|---|---|---|---|---|")
+        for r in result["algorithms"]:
+            print(f"| {r['algo']} | {r['decode_steps']} | {r['rollout_s']:.2f} | {r['train_s']:.2f} | "
+                  f"{r['trained_tokens_per_s']:.0f} | {r['mfu']:.1%} | {r['peak_gib']:.1f} |")
+    if "cj_memory" in result:
+        print("\n| CJ-GRPO rollout | backward | peak GiB |\n|---|---|---|")
+        for r in result["cj_memory"]:
+            print(f"| {r['rollout']} | {r['way']} | {r['peak_gib']:.1f} |")
+    if "logp_reuse" in result:
+        lr = result["logp_reuse"]
+        print(f"\nCJ-GRPO second pass for old log-probs: {lr['second_pass_s']:.2f} s per micro-batch of {lr['micro_batch']} "
+              f"(saved by reusing the rollout's); largest |stored - recomputed| = {lr['max_abs_logp_diff']:.2e}")
+    if "just_stacking" in result:
+        print(f"\n| JustGRPO micro-batch | loop s | stacked s | speed-up | ceiling ({args.stack} per forward) | "
+              "max grad diff (of max grad) |\n|---|---|---|---|---|---|")
+        for r in result["just_stacking"]:
+            print(f"| {r['micro_batch']} | {r['loop_s']:.2f} | {r['stacked_s']:.2f} | {r['speedup']:.2f}x | "
+                  f"{r['ceiling_speedup']:.2f}x | {r['max_grad_diff']:.1e} ({r['grad_scale']:.1e}) |")
+
+
+PARTS = {"algorithms": bench_algorithms, "cj_memory": bench_cj_memory, "logp_reuse": bench_logp_reuse,
+         "just_stacking": bench_just_stacking}
+
+
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--layers", type=int, default=6, help="transformer blocks at the real width (32 do not fit one GPU with AdamW)")
-    ap.add_argument("--sequences", type=int, default=12, help="rollout sequences per optimizer step (2 prompts x G = 6)")
-    ap.add_argument("--micro_batch", type=int, default=4)
+    ap.add_argument("--layers", type=int, default=8, help="transformer blocks at the real width (32 do not fit one GPU with AdamW)")
+    ap.add_argument("--sequences", type=int, default=16, help="rollout sequences per optimizer step")
+    ap.add_argument("--micro_batch", type=int, default=16)
     ap.add_argument("--stack", type=int, default=32, help="JustGRPO (sequence, position) rows per forward")
     ap.add_argument("--prompt_length", type=int, default=128)
     ap.add_argument("--gen_length", type=int, default=256)
+    ap.add_argument("--parts", default=",".join(PARTS), help="comma-separated subset of " + ", ".join(PARTS))
     ap.add_argument("--tiny", action="store_true", help="small model on the CPU: checks the script runs")
     ap.add_argument("--positions_only", action="store_true", help="only the position options, on the bundled model")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="for --positions_only")
     ap.add_argument("--profile", default="", help="folder for a torch.profiler table per algorithm")
     ap.add_argument("--out", default="")
     args = ap.parse_args()
+    parts = args.parts.split(",")
+    if unknown := set(parts) - set(PARTS):
+        ap.error(f"--parts: unknown {sorted(unknown)}; expected a subset of {list(PARTS)}")
     if args.profile:
         Path(args.profile).mkdir(parents=True, exist_ok=True)
     if args.positions_only:
@@ -271,43 +310,36 @@ def main():
         for r in rows:
             print(f"| {r['positions']} | {r['trained_positions']} | {r['seconds']:.2f} | {r['speedup']:.2f}x | {r['cosine_to_full']:.3f} |")
         return
+    # under torchrun the model is FSDP2-wrapped as train_rl.py wraps it (bf16 parameters, float32
+    # reduction); a plain process uses float32 weights with autocast
+    rank, world, device = setup_distributed("cpu" if args.tiny else "cuda")
     if args.tiny:
-        device, rate = torch.device("cpu"), 1.0
+        rate = 1.0
         cfg = byte_tokenizer_config(d_model=64, n_layers=2, n_heads=4, n_kv_heads=4, mlp_hidden_size=128)
         args.prompt_length, args.gen_length, args.sequences, args.micro_batch, args.stack = 8, 16, 4, 2, 8
     else:
-        device, rate = torch.device("cuda"), matmul_tflops()
+        rate = matmul_tflops()
         cfg = LLaDAConfig(n_layers=args.layers)
+    args.matmul_tflops = rate
     torch.manual_seed(0)
     with torch.device(device):
-        model = LLaDA(cfg)  # float32 master weights; RL.autocast runs the compute in bf16 on the GPU
+        model = LLaDA(cfg)  # float32 master weights
+    model = prepare_model(model, world, device)
     model.activation_checkpointing = device.type == "cuda"
+    mode = f"FSDP2, {world} process" if dist.is_initialized() else "autocast"
     where = torch.cuda.get_device_name() if device.type == "cuda" else "cpu"
-    print(f"{where}, torch {torch.__version__}, {cfg.n_layers} layers at d_model {cfg.d_model}, "
+    print(f"{where}, torch {torch.__version__}, {mode}, {cfg.n_layers} layers at d_model {cfg.d_model}, "
           f"{sum(p.numel() for p in model.parameters()) / 1e9:.2f}B parameters, matmul {rate:.0f} TFLOP/s")
-    result = dict(device=where, torch=torch.__version__, layers=cfg.n_layers, matmul_tflops=rate, args=vars(args))
-    result["algorithms"] = bench_algorithms(model, device, args, rate)
-    result["cj_memory"] = bench_cj_memory(model, device, args)
-    result["logp_reuse"] = bench_logp_reuse(model, device, args)
-    result["just_stacking"] = bench_just_stacking(model, device, args)
-    print("\n| algo | decode steps | rollout s | train s | tokens/s | MFU | peak GiB |\n|---|---|---|---|---|---|---|")
-    for r in result["algorithms"]:
-        print(f"| {r['algo']} | {r['decode_steps']} | {r['rollout_s']:.2f} | {r['train_s']:.2f} | "
-              f"{r['trained_tokens_per_s']:.0f} | {r['mfu']:.1%} | {r['peak_gib']:.1f} |")
-    print("\n| CJ-GRPO rollout | backward | peak GiB |\n|---|---|---|")
-    for r in result["cj_memory"]:
-        print(f"| {r['rollout']} | {r['way']} | {r['peak_gib']:.1f} |")
-    lr = result["logp_reuse"]
-    print(f"\nCJ-GRPO second pass for old log-probs: {lr['second_pass_s']:.2f} s per micro-batch of {lr['micro_batch']} "
-          f"(saved by reusing the rollout's); largest |stored - recomputed| = {lr['max_abs_logp_diff']:.2e}")
-    print(f"\n| JustGRPO micro-batch | loop s | stacked s | speed-up | ceiling ({args.stack} per forward) | "
-          "max grad diff (of max grad) |\n|---|---|---|---|---|---|")
-    for r in result["just_stacking"]:
-        print(f"| {r['micro_batch']} | {r['loop_s']:.2f} | {r['stacked_s']:.2f} | {r['speedup']:.2f}x | "
-              f"{r['ceiling_speedup']:.2f}x | {r['max_grad_diff']:.1e} ({r['grad_scale']:.1e}) |")
-    if args.out:
-        with open(args.out, "w") as f:
-            json.dump(result, f, indent=1)
+    result = dict(device=where, torch=torch.__version__, mode=mode, layers=cfg.n_layers, matmul_tflops=rate, args=vars(args))
+    for part in parts:
+        result[part] = PARTS[part](model, device, args)
+    if rank == 0:
+        print_tables(result, args)
+        if args.out:
+            with open(args.out, "w") as f:
+                json.dump(result, f, indent=1)
+    if dist.is_initialized():
+        dist.destroy_process_group()
 
 
 if __name__ == "__main__":

@@ -105,14 +105,16 @@ class RMSNorm(nn.Module):
     def forward(self, x):
         xf = x.float()
         xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
-        return self.weight * xf.to(x.dtype)
+        # keep x's dtype: a float32 weight under autocast would promote the output, and each of the
+        # matmuls reading it would cast it back again
+        return (self.weight * xf.to(x.dtype)).to(x.dtype)
 
 
 def rope_cos_sin(positions, head_dim, theta):
     """Rotate-half (NeoX) RoPE over the full head dim, angles in float32. positions: (B, T)."""
     inv_freq = 1.0 / theta ** (torch.arange(0, head_dim, 2, device=positions.device, dtype=torch.float32) / head_dim)
     angles = positions.float()[..., None] * inv_freq          # (B, T, hd/2)
-    angles = torch.cat([angles, angles], dim=-1)[:, None]     # (B, 1, T, hd)
+    angles = torch.cat([angles, angles], dim=-1)[:, :, None]  # (B, T, 1, hd): broadcasts over heads
     return angles.cos(), angles.sin()
 
 
@@ -144,10 +146,11 @@ class Block(nn.Module):
     def forward(self, x, cos, sin, attn_mask):
         B, T, _ = x.shape
         h = self.attn_norm(x)
-        q = self.q_proj(h).view(B, T, self.n_heads, self.head_dim).transpose(1, 2)     # (B, H, T, hd)
-        k = self.k_proj(h).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)  # (B, Hkv, T, hd)
-        v = self.v_proj(h).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)
-        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        q = self.q_proj(h).view(B, T, self.n_heads, self.head_dim)
+        k = self.k_proj(h).view(B, T, self.n_kv_heads, self.head_dim)
+        v = self.v_proj(h).view(B, T, self.n_kv_heads, self.head_dim)
+        # RoPE before the head transpose, while q and k are contiguous (vectorised elementwise kernels)
+        q, k, v = apply_rope(q, cos, sin).transpose(1, 2), apply_rope(k, cos, sin).transpose(1, 2), v.transpose(1, 2)
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, is_causal=False,
                                            enable_gqa=self.n_kv_heads != self.n_heads)
         x = x + self.attn_out(y.transpose(1, 2).reshape(B, T, -1))
@@ -191,6 +194,8 @@ class LLaDA(nn.Module):
             attn_mask = real[:, None, None, :]  # (B, 1, 1, T): mask keys only
         cos, sin = rope_cos_sin(positions, self.config.head_dim, self.config.rope_theta)
         x = self.transformer.wte(input_ids)
+        if torch.is_autocast_enabled(x.device.type):  # bf16 residual stream, as under FSDP's bf16 parameters
+            x = x.to(torch.get_autocast_dtype(x.device.type))
         for block in self.transformer.blocks:
             if self.activation_checkpointing and torch.is_grad_enabled():
                 x = checkpoint(block, x, cos, sin, attn_mask, use_reentrant=False)

@@ -1016,37 +1016,47 @@ FSDP_SCRIPT = r"""
 import sys, torch, torch.distributed as dist
 sys.path.insert(0, {repo!r})
 import test_all as T, train_rl as RL
+from model import byte_tokenizer
+from tasks import get_task
 from train_sft import prepare_model, setup_distributed
 rank, world, device = setup_distributed("cpu")
-model = T.tiny_model()
+model = T.tiny_model(max_sequence_length=512)
 batch = T.fixed_rollout(model, "cj_grpo", n=4)
 model = prepare_model(model, world, device)
 opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
 mine = {{k: (v[rank * 4 // world:(rank + 1) * 4 // world] if torch.is_tensor(v) and v.dim() else v) for k, v in batch.items()}}
-RL.train_on_rollout(model, None, opt, mine, T.rl_config(algo="cj_grpo", micro_batch=2, num_iterations=2), world)
+cfg = T.rl_config(algo="cj_grpo", micro_batch=2, num_iterations=2, gen_length=8, group_size=2)
+RL.train_on_rollout(model, None, opt, mine, cfg, world)
+RL.rollout(model, byte_tokenizer(), get_task("countdown"), get_task("countdown").generate(2, seed=1), cfg, device)
+assert not dist.is_initialized() or all(hasattr(p, "to_local") for p in model.parameters()), "root left unsharded"
+model.zero_grad(set_to_none=True)
+RL.train_on_rollout(model, None, opt, mine, T.rl_config(algo="cj_grpo", micro_batch=2, num_iterations=1), world)
 from torch.distributed.checkpoint.state_dict import get_model_state_dict, StateDictOptions
 state = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
 if rank == 0:
-    torch.save(state, {out!r} + f"/w{{world}}.pt")
-dist.destroy_process_group()
+    torch.save(state, {out!r} + f"/w{{world if dist.is_initialized() else 0}}.pt")
+if dist.is_initialized():
+    dist.destroy_process_group()
 """
 
 
 def test_fsdp_two_processes_equal_one(tmp_path):
-    """Two gloo processes under FSDP2, each with half the rollout, take the same update as one
-    process on all of it (gradients are averaged over ranks as over micro-batches)."""
+    """Two gloo processes under FSDP2, each with half the rollout, take the same updates as one
+    plain process on all of it (gradients are averaged over ranks as over micro-batches), also
+    after a no-grad rollout (which leaves FSDP2's root parameters unsharded unless
+    train_sft.end_generation reshards them)."""
     import os
     import subprocess
     import sys
     script = tmp_path / "fsdp.py"
     script.write_text(FSDP_SCRIPT.format(repo=os.path.dirname(os.path.abspath(__file__)), out=str(tmp_path)))
-    for n in (1, 2):
-        env = {**os.environ, "OMP_NUM_THREADS": "1"}
-        subprocess.run([sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={n}", "--master_port", str(29500 + n),
-                        str(script)], check=True, env=env, capture_output=True, timeout=300)
-    one, two = torch.load(tmp_path / "w1.pt"), torch.load(tmp_path / "w2.pt")
-    for k in one:  # float32 sums in another order: tolerance 1e-5
-        torch.testing.assert_close(one[k], two[k], rtol=1e-5, atol=1e-6)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    subprocess.run([sys.executable, str(script)], check=True, env=env, capture_output=True, timeout=300)
+    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port", "29502", str(script)],
+                   check=True, env=env, capture_output=True, timeout=300)
+    plain, two = torch.load(tmp_path / "w0.pt"), torch.load(tmp_path / "w2.pt")
+    for k in plain:  # float32 sums in another order: tolerance 1e-5
+        torch.testing.assert_close(plain[k], two[k], rtol=1e-5, atol=1e-6)
 
 # -----------------------------------------------------------------------------
 # train_sft.py

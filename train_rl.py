@@ -30,8 +30,8 @@ from tqdm import tqdm
 from model import LLaDA, load_tokenizer
 from sample import banned_ids, generate, left_pad
 from tasks import get_task
-from train_sft import (MetricsLog, autocast, config_from_args, load_training_state, lr_at, prepare_model,
-                       save_training_checkpoint, setup_distributed)
+from train_sft import (MetricsLog, autocast, config_from_args, end_generation, load_training_state, lr_at,
+                       prepare_model, save_training_checkpoint, setup_distributed)
 
 
 @dataclass
@@ -270,7 +270,7 @@ def evaluate(model, tok, task, examples, cfg, decoding, device, rank, world, bat
     totals = torch.tensor([correct, reward], device=device)
     if dist.is_initialized():
         dist.all_reduce(totals)
-    model.train()
+    end_generation(model)
     return (totals / len(examples)).tolist()
 
 
@@ -283,7 +283,7 @@ def rollout(model, tok, task, examples, cfg, device):
         x, traj = generate(model, prompts, attention_mask=attn, gen_length=cfg.gen_length, temperature=cfg.temperature,
                            return_trajectory=True, record_entropy=cfg.algo == "just_grpo" and cfg.top_entropy < 1,
                            **decode_kwargs(cfg, cfg.algo))
-    model.train()
+    end_generation(model)
     P = prompts.size(1)
     rewards = score(tok, task, x, P, group, cfg.algo)
     full_attn = torch.cat([attn, torch.ones(len(group), cfg.gen_length, dtype=torch.bool, device=device)], 1)
@@ -370,7 +370,8 @@ def main(cfg):
     if cfg.beta > 0:
         ref = prepare_model(LLaDA.from_pretrained(cfg.init), world, device).eval().requires_grad_(False)
     model = prepare_model(model, world, device)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.9, 0.99), weight_decay=cfg.weight_decay)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.9, 0.99), weight_decay=cfg.weight_decay,
+                                  fused=device.type == "cuda")  # one kernel pass over the state, not several
     step = load_training_state(start, model, optimizer) if cfg.resume else 0
     task = get_task(cfg.task)
     if cfg.data:  # the file's last eval_n rows are held out, never trained on

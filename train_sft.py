@@ -115,6 +115,16 @@ def prepare_model(model, world, device, compile=False):
     return model
 
 
+def end_generation(model):
+    """Back to training after no-grad generation. FSDP2 leaves the root module's own parameters
+    (embedding, final norm, LM head) unsharded after a forward that has no backward, and while
+    they are, model.parameters() yields the unsharded tensors: model.zero_grad() or a gradient
+    clip over them would miss the real (sharded) gradients. Reshard them explicitly."""
+    if hasattr(model, "reshard"):
+        model.reshard()
+    model.train()
+
+
 def autocast(device):
     """bf16 compute for an unsharded model on the GPU (FSDP does the cast itself)."""
     return torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda" and not dist.is_initialized())
@@ -216,7 +226,7 @@ def evaluate(model, tok, rows, prompts, prompt_mask, gen_length, device, batch_s
             text = tok.decode(out, skip_special=True)
             correct[name] = correct.get(name, 0) + get_task(name).is_correct(text, ex)
             total[name] = total.get(name, 0) + 1
-    model.train()
+    end_generation(model)
     return {f"acc_{k}": correct[k] / total[k] for k in total}
 
 
@@ -237,7 +247,8 @@ def main(cfg):
         model.source_dir = write_byte_tokenizer(out / ".tokenizer")
     tok = load_tokenizer(model.source_dir)
     model = prepare_model(model, world, device, cfg.compile)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.9, 0.95), weight_decay=cfg.weight_decay)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.9, 0.95), weight_decay=cfg.weight_decay,
+                                  fused=device.type == "cuda")  # one kernel pass over the state, not several
     step = load_training_state(resume_dir, model, optimizer) if cfg.resume else 0
     rows, prompts, prompt_mask, responses = build_examples(cfg, tok, "train")
     held_out = build_examples(cfg, tok, "test")
