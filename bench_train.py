@@ -87,6 +87,8 @@ def bench_algorithms(model, device, args):
     for name, kw in runs.items():
         cfg = replace(RL.RLConfig(gen_length=args.gen_length, micro_batch=args.micro_batch), **kw)
         batch, rollout_s = make_batch(model, cfg, args.sequences, args.prompt_length, device)
+        if args.compile:  # time a rollout with its graphs compiled
+            batch, rollout_s = make_batch(model, cfg, args.sequences, args.prompt_length, device)
         optimizer = torch.optim.AdamW(model.parameters(), lr=1e-7, fused=device.type == "cuda")
         # JustGRPO runs gen_length forwards' worth per sequence: two sequences warm it up
         warmup = next(RL.micro_batches(batch, 2 if name == "just_grpo" else cfg.micro_batch))
@@ -291,6 +293,7 @@ def main():
     ap.add_argument("--stack", type=int, default=32, help="JustGRPO (sequence, position) rows per forward")
     ap.add_argument("--prompt_length", type=int, default=128)
     ap.add_argument("--gen_length", type=int, default=256)
+    ap.add_argument("--compile", action="store_true", help="torch.compile each block (as train_rl.py --compile)")
     ap.add_argument("--parts", default=",".join(PARTS), help="comma-separated subset of " + ", ".join(PARTS))
     ap.add_argument("--tiny", action="store_true", help="small model on the CPU: checks the script runs")
     ap.add_argument("--positions_only", action="store_true", help="only the position options, on the bundled model")
@@ -324,9 +327,9 @@ def main():
     torch.manual_seed(0)
     with torch.device(device):
         model = LLaDA(cfg)  # float32 master weights
-    model = prepare_model(model, world, device)
+    model = prepare_model(model, world, device, compile=args.compile)
     model.activation_checkpointing = device.type == "cuda"
-    mode = f"FSDP2, {world} process" if dist.is_initialized() else "autocast"
+    mode = (f"FSDP2, {world} process" if dist.is_initialized() else "autocast") + (", compiled" if args.compile else "")
     where = torch.cuda.get_device_name() if device.type == "cuda" else "cpu"
     print(f"{where}, torch {torch.__version__}, {mode}, {cfg.n_layers} layers at d_model {cfg.d_model}, "
           f"{sum(p.numel() for p in model.parameters()) / 1e9:.2f}B parameters, matmul {rate:.0f} TFLOP/s")

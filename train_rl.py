@@ -74,6 +74,7 @@ class RLConfig:
     seed: int = 0
     resume: bool = False
     device: str = ""
+    compile: bool = False             # torch.compile each block (fuses the elementwise work; first steps compile)
 
 # -----------------------------------------------------------------------------
 # the GRPO pieces, one rule each
@@ -369,7 +370,7 @@ def main(cfg):
     ref = None
     if cfg.beta > 0:
         ref = prepare_model(LLaDA.from_pretrained(cfg.init), world, device).eval().requires_grad_(False)
-    model = prepare_model(model, world, device)
+    model = prepare_model(model, world, device, cfg.compile)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.9, 0.99), weight_decay=cfg.weight_decay,
                                   fused=device.type == "cuda")  # one kernel pass over the state, not several
     step = load_training_state(start, model, optimizer) if cfg.resume else 0

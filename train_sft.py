@@ -107,8 +107,11 @@ def prepare_model(model, world, device, compile=False):
         model.compile_blocks()
     if world > 1 or dist.is_initialized():
         model.activation_checkpointing = device.type == "cuda"
+        # cast_forward_inputs off: RoPE's cos/sin stay float32 (rope_full_precision), and a
+        # checkpointed block recomputes on the very inputs it saw (the cast is skipped on CUDA
+        # when FSDP re-enters a block for recomputation, which checkpointing rejects)
         mp = MixedPrecisionPolicy(param_dtype=torch.bfloat16 if device.type == "cuda" else torch.float32,
-                                  reduce_dtype=torch.float32)
+                                  reduce_dtype=torch.float32, cast_forward_inputs=False)
         for block in model.transformer.blocks:
             fully_shard(block, mp_policy=mp)
         fully_shard(model, mp_policy=mp)
