@@ -199,35 +199,47 @@ def per_sequence_ceiling(model, device, args):
     return (time.time() - t) / 3 / args.stack
 
 
+def published_loop(model, mb, n_nonzero, bf16=True):
+    """JustGRPO as published: one forward + backward per token position over the micro-batch."""
+    P, L = mb["P"], mb["L"]
+    for s in range(L):
+        state = torch.where(mb["step_of"] >= s, model.config.mask_token_id, mb["x"])
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=bf16 and mb["device"].type == "cuda"):
+            lp = RL.token_logp(model, state, None, slice(P + s, P + s + 1), mb["x"][:, P + s:P + s + 1], 1.0)
+        (-(mb["adv"] * lp[:, 0]).sum() / (L * (n_nonzero + 1e-5))).backward()
+
+
 def bench_just_stacking(model, device, args):
-    """JustGRPO: stacked (sequence, position) rows per forward against one forward per token."""
+    """JustGRPO: stacked (sequence, position) rows per forward against one forward per token. The
+    gradients differ by bf16 rounding only: the loop in float32 gives the size of that rounding."""
     rows = []
     ceiling_s = per_sequence_ceiling(model, device, args)
     for mb_size in (1, 8):
         cfg = RL.RLConfig(algo="just_grpo", gen_length=args.gen_length, num_iterations=1, stack=args.stack)
         mb, _ = make_batch(model, cfg, mb_size, args.prompt_length, device)
         n_nonzero = float((mb["adv"] != 0).sum())
-        grads, times = [], []
-        for way in ("loop", "stacked"):
+        ways = {"loop": lambda: published_loop(model, mb, n_nonzero), "stacked": lambda: RL.just_grpo_loss(model, mb, cfg, n_nonzero)}
+        if mb_size == 1:
+            ways["loop, float32"] = lambda: published_loop(model, mb, n_nonzero, bf16=False)
+            ways["stacked"]()  # warm-up: the masked attention kernels' first call (the loop is warm after one position)
+        grads, times = {}, {}
+        for way, fn in ways.items():
             model.zero_grad(set_to_none=True)
             sync(device)
             t = time.time()
-            if way == "stacked":
-                RL.just_grpo_loss(model, mb, cfg, n_nonzero)
-            else:  # the published loop: one forward + backward per token position over the micro-batch
-                P, L = mb["P"], mb["L"]
-                for s in range(L):
-                    state = torch.where(mb["step_of"] >= s, model.config.mask_token_id, mb["x"])
-                    with RL.autocast(device):
-                        lp = RL.token_logp(model, state, None, slice(P + s, P + s + 1), mb["x"][:, P + s:P + s + 1], 1.0)
-                    (-(mb["adv"] * lp[:, 0]).sum() / (L * (n_nonzero + 1e-5))).backward()
+            fn()
             sync(device)
-            times.append(time.time() - t)
-            grads.append(torch.cat([local(p.grad).flatten().float() for p in model.parameters() if p.grad is not None]))
-        rows.append(dict(micro_batch=mb_size, loop_s=times[0], stacked_s=times[1], speedup=times[0] / times[1],
-                         ceiling_speedup=times[0] / (mb_size * mb["L"] * ceiling_s),
-                         max_grad_diff=(grads[0] - grads[1]).abs().max().item(), grad_scale=grads[0].abs().max().item(),
-                         relative_grad_diff=((grads[0] - grads[1]).norm() / grads[0].norm()).item()))
+            times[way] = time.time() - t
+            grads[way] = torch.cat([local(p.grad).flatten().float() for p in model.parameters() if p.grad is not None])
+        loop, stacked = grads["loop"], grads["stacked"]
+        rows.append(dict(micro_batch=mb_size, loop_s=times["loop"], stacked_s=times["stacked"], speedup=times["loop"] / times["stacked"],
+                         ceiling_speedup=times["loop"] / (mb_size * mb["L"] * ceiling_s),
+                         max_grad_diff=(loop - stacked).abs().max().item(), grad_scale=loop.abs().max().item(),
+                         relative_grad_diff=((loop - stacked).norm() / loop.norm()).item()))
+        if "loop, float32" in grads:
+            exact = grads["loop, float32"]
+            rows[-1]["relative_grad_diff_bf16_loop_vs_float32"] = ((loop - exact).norm() / exact.norm()).item()
+            rows[-1]["relative_grad_diff_stacked_vs_float32"] = ((stacked - exact).norm() / exact.norm()).item()
         print(json.dumps(rows[-1]), flush=True)
     model.zero_grad(set_to_none=True)
     return rows
@@ -282,6 +294,11 @@ def print_tables(result, args):
         for r in result["just_stacking"]:
             print(f"| {r['micro_batch']} | {r['loop_s']:.2f} | {r['stacked_s']:.2f} | {r['speedup']:.2f}x | "
                   f"{r['ceiling_speedup']:.2f}x | {r['max_grad_diff']:.1e} ({r['grad_scale']:.1e}) | {r['relative_grad_diff']:.1e} |")
+        for r in result["just_stacking"]:
+            if "relative_grad_diff_bf16_loop_vs_float32" in r:
+                print(f"micro-batch {r['micro_batch']}, the gradient's distance to the float32 loop's (relative norm): "
+                      f"bf16 loop {r['relative_grad_diff_bf16_loop_vs_float32']:.1e}, "
+                      f"bf16 stacked {r['relative_grad_diff_stacked_vs_float32']:.1e}")
 
 
 PARTS = {"algorithms": bench_algorithms, "cj_memory": bench_cj_memory, "logp_reuse": bench_logp_reuse,
