@@ -27,7 +27,7 @@ import train_rl as RL
 from bench_model import forward_flops, matmul_tflops
 from model import LLaDA, LLaDAConfig, byte_tokenizer_config
 from sample import generate
-from train_sft import end_generation, prepare_model, setup_distributed
+from train_sft import back_to_training, prepare_model, setup_distributed
 
 
 def sync(device):
@@ -58,7 +58,7 @@ def make_batch(model, cfg, n, P, device, seed=0):
     with torch.no_grad(), RL.autocast(device):
         x, traj = generate(model, prompts, gen_length=cfg.gen_length, temperature=1.0, return_trajectory=True,
                            record_entropy=True, **RL.decode_kwargs(cfg, cfg.algo))
-    end_generation(model)
+    back_to_training(model)
     sync(device)
     batch = dict(x=x, step_of=traj.step_of, logp=traj.logp, entropy=traj.entropy, attn=torch.ones_like(x, dtype=torch.bool), P=P, L=cfg.gen_length,
                  num_steps=traj.num_steps, device=device, adv=torch.randn(n, device=device))
@@ -219,7 +219,7 @@ def bench_just_stacking(model, device, args):
         mb, _ = make_batch(model, cfg, mb_size, args.prompt_length, device)
         n_nonzero = float((mb["adv"] != 0).sum())
         ways = {"loop": lambda: published_loop(model, mb, n_nonzero), "stacked": lambda: RL.just_grpo_loss(model, mb, cfg, n_nonzero)}
-        if mb_size == 1:
+        if mb_size == 1 and device.type == "cuda" and not dist.is_initialized():  # where the loop runs in bf16
             ways["loop, float32"] = lambda: published_loop(model, mb, n_nonzero, bf16=False)
             ways["stacked"]()  # warm-up: the masked attention kernels' first call (the loop is warm after one position)
         grads, times = {}, {}
@@ -337,6 +337,8 @@ def main():
     # under torchrun the model is FSDP2-wrapped as train_rl.py wraps it (bf16 parameters, float32
     # reduction); a plain process uses float32 weights with autocast
     rank, world, device = setup_distributed("cpu" if args.tiny else "cuda")
+    if world > 1:
+        ap.error("bench_train.py measures one GPU: under torchrun use --nproc_per_node=1")
     if args.tiny:
         rate = 1.0
         cfg = byte_tokenizer_config(d_model=64, n_layers=2, n_heads=4, n_kv_heads=4, mlp_hidden_size=128)

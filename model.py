@@ -150,7 +150,8 @@ class Block(nn.Module):
         k = self.k_proj(h).view(B, T, self.n_kv_heads, self.head_dim)
         v = self.v_proj(h).view(B, T, self.n_kv_heads, self.head_dim)
         # RoPE before the head transpose, while q and k are contiguous (vectorised elementwise kernels)
-        q, k, v = apply_rope(q, cos, sin).transpose(1, 2), apply_rope(k, cos, sin).transpose(1, 2), v.transpose(1, 2)
+        q, k = apply_rope(q, cos, sin).transpose(1, 2), apply_rope(k, cos, sin).transpose(1, 2)  # (B, H, T, hd)
+        v = v.transpose(1, 2)
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, is_causal=False,
                                            enable_gqa=self.n_kv_heads != self.n_heads)
         x = x + self.attn_out(y.transpose(1, 2).reshape(B, T, -1))

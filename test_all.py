@@ -1029,7 +1029,6 @@ cfg = T.rl_config(algo="cj_grpo", micro_batch=2, num_iterations=2, gen_length=8,
 RL.train_on_rollout(model, None, opt, mine, cfg, world)
 RL.rollout(model, byte_tokenizer(), get_task("countdown"), get_task("countdown").generate(2, seed=1), cfg, device)
 assert not dist.is_initialized() or all(hasattr(p, "to_local") for p in model.parameters()), "root left unsharded"
-model.zero_grad(set_to_none=True)
 RL.train_on_rollout(model, None, opt, mine, T.rl_config(algo="cj_grpo", micro_batch=2, num_iterations=1), world)
 from torch.distributed.checkpoint.state_dict import get_model_state_dict, StateDictOptions
 state = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
@@ -1043,8 +1042,7 @@ if dist.is_initialized():
 def test_fsdp_two_processes_equal_one(tmp_path):
     """Two gloo processes under FSDP2, each with half the rollout, take the same updates as one
     plain process on all of it (gradients are averaged over ranks as over micro-batches), also
-    after a no-grad rollout (which leaves FSDP2's root parameters unsharded unless
-    train_sft.end_generation reshards them)."""
+    after a rollout, which leaves the parameters sharded (train_sft.back_to_training)."""
     import os
     import subprocess
     import sys

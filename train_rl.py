@@ -30,7 +30,7 @@ from tqdm import tqdm
 from model import LLaDA, load_tokenizer
 from sample import banned_ids, generate, left_pad
 from tasks import get_task
-from train_sft import (MetricsLog, autocast, config_from_args, end_generation, load_training_state, lr_at,
+from train_sft import (MetricsLog, autocast, config_from_args, back_to_training, load_training_state, lr_at,
                        prepare_model, save_training_checkpoint, setup_distributed)
 
 
@@ -271,7 +271,7 @@ def evaluate(model, tok, task, examples, cfg, decoding, device, rank, world, bat
     totals = torch.tensor([correct, reward], device=device)
     if dist.is_initialized():
         dist.all_reduce(totals)
-    end_generation(model)
+    back_to_training(model)
     return (totals / len(examples)).tolist()
 
 
@@ -284,7 +284,7 @@ def rollout(model, tok, task, examples, cfg, device):
         x, traj = generate(model, prompts, attention_mask=attn, gen_length=cfg.gen_length, temperature=cfg.temperature,
                            return_trajectory=True, record_entropy=cfg.algo == "just_grpo" and cfg.top_entropy < 1,
                            **decode_kwargs(cfg, cfg.algo))
-    end_generation(model)
+    back_to_training(model)
     P = prompts.size(1)
     rewards = score(tok, task, x, P, group, cfg.algo)
     full_attn = torch.cat([attn, torch.ones(len(group), cfg.gen_length, dtype=torch.bool, device=device)], 1)
@@ -369,7 +369,7 @@ def main(cfg):
     tok = load_tokenizer(model.source_dir)
     ref = None
     if cfg.beta > 0:
-        ref = prepare_model(LLaDA.from_pretrained(cfg.init), world, device).eval().requires_grad_(False)
+        ref = prepare_model(LLaDA.from_pretrained(cfg.init), world, device, frozen=True).eval().requires_grad_(False)
     model = prepare_model(model, world, device, cfg.compile)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.9, 0.99), weight_decay=cfg.weight_decay,
                                   fused=device.type == "cuda")  # one kernel pass over the state, not several
@@ -400,6 +400,7 @@ def main(cfg):
                 if cfg.num_iterations > 1:
                     with torch.no_grad():
                         batch["old_logp"] = torch.stack([diffu_grpo_logp(model, batch, j, cfg) for j in range(cfg.num_iterations)], 1)
+                    back_to_training(model)
             t1 = time.time()
             stats = train_on_rollout(model, ref, optimizer, batch, cfg, world)
         except torch.OutOfMemoryError:

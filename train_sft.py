@@ -98,7 +98,7 @@ def setup_distributed(device=""):
     return rank, world, torch.device(device)
 
 
-def prepare_model(model, world, device, compile=False):
+def prepare_model(model, world, device, compile=False, frozen=False):
     """Activation checkpointing per block, then FSDP2 per block and on the root (torchtitan's
     recipe). Parameters stay float32 (master weights: at lr 3e-6 a bf16 weight cannot take
     the update); on the GPU compute runs in bf16 with float32 gradient reduction."""
@@ -114,15 +114,18 @@ def prepare_model(model, world, device, compile=False):
                                   reduce_dtype=torch.float32, cast_forward_inputs=False)
         for block in model.transformer.blocks:
             fully_shard(block, mp_policy=mp)
-        fully_shard(model, mp_policy=mp)
+        # FSDP2 keeps the root's parameters gathered from forward to backward; a frozen reference
+        # model has no backward, so it reshards right after each forward instead
+        fully_shard(model, mp_policy=mp, reshard_after_forward=True if frozen else None)
     return model
 
 
-def end_generation(model):
-    """Back to training after no-grad generation. FSDP2 leaves the root module's own parameters
-    (embedding, final norm, LM head) unsharded after a forward that has no backward, and while
-    they are, model.parameters() yields the unsharded tensors: model.zero_grad() or a gradient
-    clip over them would miss the real (sharded) gradients. Reshard them explicitly."""
+def back_to_training(model):
+    """After no-grad forwards (generation, old log-probs). FSDP2 leaves the root module's own
+    parameters (embedding, final norm, LM head) unsharded after a forward without a backward, and
+    while they are, model.parameters() yields the unsharded tensors, not the sharded ones the
+    optimizer holds: a model.zero_grad() or a gradient clip there would miss the real gradients
+    (bench_train.py did). Resharding keeps "outside a forward, parameters are sharded" true."""
     if hasattr(model, "reshard"):
         model.reshard()
     model.train()
@@ -229,7 +232,7 @@ def evaluate(model, tok, rows, prompts, prompt_mask, gen_length, device, batch_s
             text = tok.decode(out, skip_special=True)
             correct[name] = correct.get(name, 0) + get_task(name).is_correct(text, ex)
             total[name] = total.get(name, 0) + 1
-    end_generation(model)
+    back_to_training(model)
     return {f"acc_{k}": correct[k] / total[k] for k in total}
 
 
