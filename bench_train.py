@@ -25,14 +25,10 @@ import torch.distributed as dist
 
 import train_rl as RL
 from bench_model import forward_flops, matmul_tflops
+from bench_sample import sync
 from model import LLaDA, LLaDAConfig, byte_tokenizer_config
 from sample import generate
 from train_sft import back_to_training, prepare_model, setup_distributed
-
-
-def sync(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize()
 
 
 def peak_gib(device):
@@ -62,10 +58,10 @@ def make_batch(model, cfg, n, P, device, seed=0):
     sync(device)
     batch = dict(x=x, step_of=traj.step_of, logp=traj.logp, entropy=traj.entropy, attn=torch.ones_like(x, dtype=torch.bool), P=P, L=cfg.gen_length,
                  num_steps=traj.num_steps, device=device, adv=torch.randn(n, device=device))
-    if cfg.algo == "diffu_grpo":
-        prompt_attn = torch.ones(n, P, dtype=torch.bool)
-        batch["prompt_masks"] = torch.stack([RL.diffu_mask(prompt_attn, cfg.prompt_mask_p, j) for j in range(cfg.num_iterations)], 1).to(device)
-    return batch, time.time() - t
+    rollout_s = time.time() - t
+    if cfg.algo == "diffu_grpo":  # prompt masks and old log-probs, as train_rl.main adds them (not timed)
+        RL.add_diffu_inputs(model, batch, cfg, seed=0)
+    return batch, rollout_s
 
 
 def training_flops(model_cfg, batch, cfg):

@@ -205,6 +205,18 @@ def diffu_grpo_logp(model, mb, iteration, cfg):
         return token_logp(model, x, mb["attn"], slice(P, P + L), mb["x"][:, P:], cfg.temperature)
 
 
+def add_diffu_inputs(model, batch, cfg, seed):
+    """diffu-GRPO's prompt mask per inner iteration (seeds seed, seed + 1, ...) and, when there is
+    more than one iteration, the rollout policy's log-probs under each (the ratio's denominator)."""
+    prompt_attn = batch["attn"][:, :batch["P"]].cpu()
+    masks = [diffu_mask(prompt_attn, cfg.prompt_mask_p, seed + j) for j in range(cfg.num_iterations)]
+    batch["prompt_masks"] = torch.stack(masks, 1).to(batch["device"])
+    if cfg.num_iterations > 1:
+        with torch.no_grad():
+            batch["old_logp"] = torch.stack([diffu_grpo_logp(model, batch, j, cfg) for j in range(cfg.num_iterations)], 1)
+        back_to_training(model)
+
+
 def diffu_grpo_loss(model, ref, mb, iteration, cfg, n_micro):
     """diffu-GRPO (d1): one forward on a fully masked completion; per-token clipped objective
     averaged over the completion tokens up to and including the first EOS."""
@@ -394,13 +406,7 @@ def main(cfg):
         try:
             batch = rollout(model, tok, task, examples, cfg, device)
             if cfg.algo == "diffu_grpo":
-                prompt_attn = batch["attn"][:, :batch["P"]]
-                batch["prompt_masks"] = torch.stack([diffu_mask(prompt_attn.cpu(), cfg.prompt_mask_p, cfg.seed * 7919 + (step * world + rank) * 131 + j)
-                                                     for j in range(cfg.num_iterations)], 1).to(device)
-                if cfg.num_iterations > 1:
-                    with torch.no_grad():
-                        batch["old_logp"] = torch.stack([diffu_grpo_logp(model, batch, j, cfg) for j in range(cfg.num_iterations)], 1)
-                    back_to_training(model)
+                add_diffu_inputs(model, batch, cfg, seed=cfg.seed * 7919 + (step * world + rank) * 131)
             t1 = time.time()
             stats = train_on_rollout(model, ref, optimizer, batch, cfg, world)
         except torch.OutOfMemoryError:
