@@ -1018,7 +1018,7 @@ sys.path.insert(0, {repo!r})
 import test_all as T, train_rl as RL
 from model import byte_tokenizer
 from tasks import get_task
-from train_sft import prepare_model, setup_distributed
+from train_common import prepare_model, setup_distributed
 rank, world, device = setup_distributed("cpu")
 model = T.tiny_model(max_sequence_length=512)
 batch = T.fixed_rollout(model, "cj_grpo", n=4)
@@ -1042,7 +1042,7 @@ if dist.is_initialized():
 def test_fsdp_two_processes_equal_one(tmp_path):
     """Two gloo processes under FSDP2, each with half the rollout, take the same updates as one
     plain process on all of it (gradients are averaged over ranks as over micro-batches), also
-    after a rollout, which leaves the parameters sharded (train_sft.back_to_training)."""
+    after a rollout, which leaves the parameters sharded (train_common.back_to_training)."""
     import os
     import subprocess
     import sys

@@ -30,7 +30,7 @@ from tqdm import tqdm
 from model import LLaDA, load_tokenizer
 from sample import banned_ids, generate, left_pad
 from tasks import get_task
-from train_sft import (MetricsLog, autocast, config_from_args, back_to_training, load_training_state, lr_at,
+from train_common import (MetricsLog, autocast, config_from_args, back_to_training, load_training_state, lr_at,
                        prepare_model, save_training_checkpoint, setup_distributed)
 
 

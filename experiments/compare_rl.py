@@ -4,12 +4,16 @@ semi-AR rollout, just_grpo and diffu_grpo, each with the same budget (steps x pr
 rollouts), evaluated on held-out problems with its own rollout decoding and with ASS+EOSER at
 log2(L) steps, before and after, over several seeds.
 
-    python compare_rl.py --device cuda --seeds 0,1 --out rl_compare.json
+    python experiments/compare_rl.py --device cuda --seeds 0,1 --out rl_compare.json
 """
 import argparse
 import json
+import sys
 import time
 from dataclasses import replace
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywhere: the components live one folder up
 
 import torch
 

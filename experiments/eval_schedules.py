@@ -2,12 +2,16 @@
 Every decoding schedule on held-out problems: accuracy, mean reward, model calls, tokens/s, and
 the "EOS trap" (the share of generations whose first EOS comes before the answer is complete).
 
-    python eval_schedules.py                                  # bundled small model, CPU
-    python eval_schedules.py --device cuda --n 512 --out schedules.json
+    python experiments/eval_schedules.py                                  # bundled small model, CPU
+    python experiments/eval_schedules.py --device cuda --n 512 --out schedules.json
 """
 import argparse
 import json
+import sys
 import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywhere: the components live one folder up
 
 import torch
 

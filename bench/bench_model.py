@@ -4,8 +4,8 @@ time a plain bf16 matmul of the same FLOPs takes (the floor), eager and torch.co
 peak memory; then save_pretrained of the 8B model and from_pretrained in a fresh process
 (wall time, peak host memory).
 
-    python bench_model.py --out bench_model.json            # on a CUDA machine
-    python bench_model.py --tiny                            # CPU smoke check of the script
+    python bench/bench_model.py --out bench_model.json            # on a CUDA machine
+    python bench/bench_model.py --tiny                            # CPU smoke check of the script
 """
 import argparse
 import json
@@ -13,6 +13,9 @@ import subprocess
 import sys
 import tempfile
 import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywhere: the components live one folder up
 
 import torch
 

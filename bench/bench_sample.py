@@ -12,14 +12,18 @@ then tokens/s of whole generate() calls (linear 256 steps, semi-AR blocks of 32 
 ASS + EOSER 8 steps) and the peak memory of each. Steps are timed at temperature 1 (RL rollouts),
 all 256 slots masked, committing all of them (the same top-k work in (a) and (b)).
 
-    python bench_sample.py --out bench_sample.json           # CUDA (an H100); B = 1 8 32
-    python bench_sample.py --batch 32 --compile              # torch.compile the blocks and the sampler
-    python bench_sample.py --tiny                            # CPU smoke check of the script
+    python bench/bench_sample.py --out bench_sample.json           # CUDA (an H100); B = 1 8 32
+    python bench/bench_sample.py --batch 32 --compile              # torch.compile the blocks and the sampler
+    python bench/bench_sample.py --tiny                            # CPU smoke check of the script
 """
 import argparse
 import json
 import statistics
+import sys
 import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywhere: the components live one folder up
 
 import torch
 import torch.nn.functional as F

@@ -5,10 +5,10 @@ and model FLOP utilisation; CJ-GRPO memory against the number of decoding steps 
 backward vs building every step's graph first); the rollout's stored log-probs against a second
 pass; JustGRPO's stacked positions against the one-forward-per-token loop.
 
-    python bench_train.py --out bench_train.json                 # one GPU: float32 weights + autocast
-    python bench_train.py --parts algorithms --compile           # compiled blocks (train_rl.py --compile)
-    torchrun --nproc_per_node=1 bench_train.py --parts algorithms   # the FSDP2 path of train_rl.py
-    python bench_train.py --tiny                                 # CPU smoke check of the script
+    python bench/bench_train.py --out bench_train.json                 # one GPU: float32 weights + autocast
+    python bench/bench_train.py --parts algorithms --compile           # compiled blocks (train_rl.py --compile)
+    torchrun --nproc_per_node=1 bench/bench_train.py --parts algorithms   # the FSDP2 path of train_rl.py
+    python bench/bench_train.py --tiny                                 # CPU smoke check of the script
 
 MFU = 3 x forward FLOPs (bench_model.forward_flops: matmuls, attention and the LM head rows
 actually computed; activation recomputation not counted) / training time (optimizer steps
@@ -16,9 +16,12 @@ included) / bf16 matmul rate measured in the same run.
 """
 import argparse
 import json
+import sys
 import time
 from dataclasses import replace
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywhere: the components live one folder up
 
 import torch
 import torch.distributed as dist
@@ -28,7 +31,7 @@ from bench_model import forward_flops, matmul_tflops
 from bench_sample import sync
 from model import LLaDA, LLaDAConfig, byte_tokenizer_config
 from sample import generate
-from train_sft import back_to_training, prepare_model, setup_distributed
+from train_common import back_to_training, prepare_model, setup_distributed
 
 
 def peak_gib(device):

@@ -1,10 +1,13 @@
 """Pick the SFT checkpoint whose held-out Sudoku accuracy is closest to 50% (the bundled model
 should be competent but leave room for RL) and export it in bf16.
 
-    python scripts/pick_checkpoint.py out/sft checkpoints/llada-tiny
+    python experiments/pick_checkpoint.py out/sft checkpoints/llada-tiny
 """
 import json
 import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywhere: the components live one folder up
 
 import torch
 
