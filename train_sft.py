@@ -42,6 +42,7 @@ class SFTConfig:
     n_layers: int = 6
     n_heads: int = 6
     mlp_hidden_size: int = 512
+    max_sequence_length: int = 512    # RoPE positions the small config covers (prompt + gen_length)
     batch_size: int = 128             # sequences per optimizer step, over all ranks
     lr: float = 1e-3
     warmup: int = 100
@@ -132,7 +133,7 @@ def main(cfg):
         torch.manual_seed(cfg.seed)
         model = LLaDA(byte_tokenizer_config(d_model=cfg.d_model, n_layers=cfg.n_layers, n_heads=cfg.n_heads,
                                             n_kv_heads=cfg.n_heads, mlp_hidden_size=cfg.mlp_hidden_size,
-                                            max_sequence_length=512))
+                                            max_sequence_length=cfg.max_sequence_length))
         model.source_dir = write_byte_tokenizer(out / ".tokenizer")
     tok = load_tokenizer(model.source_dir)
     model = prepare_model(model, world, device, cfg.compile)
