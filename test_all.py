@@ -485,6 +485,80 @@ def test_sudoku_reward_cells_and_metrics():
     assert m == {"cell_accuracy": (8 + 4 + 0) / 24, "solved": 1 / 3}
 
 
+# ---- arithmetic task ----
+
+def test_arithmetic_generate_deterministic_disjoint_and_chains_recompute():
+    task = T.get_task("arithmetic")
+    train, test = task.generate(300, seed=0), task.generate(100, seed=1)
+    assert train == task.generate(300, seed=0) and train != task.generate(300, seed=5, split="train")
+    chains = [[" ".join(e["steps"]) for e in s] for s in (train, test)]
+    assert len(set(chains[0])) == 300 and len(set(chains[1])) == 100  # no duplicates within a call
+    assert not set(chains[0]) & set(chains[1])
+    for ex in train + test:  # each line recomputed here: exact, in 0..999, feeding the next line
+        v = None
+        for line in ex["steps"]:
+            a, op, b, c = re.fullmatch(r"([0-9]+)([-+*/])([0-9]+)=([0-9]+)", line).groups()
+            a, b, c = int(a), int(b), int(c)
+            assert v in (None, a) and 0 <= c <= 999 and str(b) in ex["question"], (line, ex)
+            assert c == {"+": a + b, "-": a - b, "*": a * b, "/": a // b}[op] and (op != "/" or a % b == 0)
+            v = c
+        assert v == ex["answer"] and 2 <= len(ex["steps"]) <= 6
+        start = re.match(r"[0-9]+", ex["steps"][0]).group()
+        assert f" {start} " in ex["question"] and ex["question"].endswith("?")
+    assert {len(e["steps"]) for e in train} == {2, 3, 4, 5, 6}
+
+
+def test_arithmetic_rewards_and_references():
+    task = T.get_task("arithmetic")
+    examples = task.generate(200, seed=0) + task.generate(50, seed=2)
+    for ex in examples:
+        for style in ("d1", "d1_eval", "compact"):
+            ref = task.reference(ex, style)
+            assert task.reward(ref, ex) == 1.0 and task.is_correct(ref, ex), (style, ref)
+            assert all(s in ref for s in ex["steps"])
+        gold = ex["answer"]
+        assert task.reward(f"<answer>{gold + 1}</answer>", ex) == 0.1
+        assert not task.is_correct(f"<answer>{gold + 1}</answer>", ex)
+    ex = {"question": "Ann has 7 coins. She finds 5 more. She keeps 1/3 of them. How many coins now?",
+          "answer": 4, "steps": ["7+5=12", "12/3=4"]}
+    assert task.reference(ex, "compact") == "7+5=12\n12/3=4\n<answer>4</answer>"
+    assert task.prompt(ex, "compact") == ex["question"] and ex["question"] in task.prompt(ex, "d1")
+    for completion, r in [("<answer> 4 </answer>", 1.0), ("<answer>\\boxed{4}</answer>", 1.0),
+                          ("<answer>4.0</answer>", 0.1), ("<answer>four</answer>", 0.1), ("<answer>٤</answer>", 0.1),
+                          ("<answer>3+1</answer>", 0.1), ("<answer>" + "9" * 5000 + "</answer>", 0.1),
+                          ("<answer>7</answer><answer>4</answer>", 1.0), ("<answer>4</answer><answer>7</answer>", 0.1),
+                          ("4", 0.0), ("<answer>4", 0.0), (None, 0.0)]:
+        assert task.reward(completion, ex) == r, completion[:30] if completion else completion
+        assert task.is_correct(completion, ex) is (r == 1.0)
+    with pytest.raises(ValueError, match="style"):
+        task.prompt(ex, "just")
+
+
+def test_arithmetic_compact_reference_lengths_vary_widely():
+    task, tok = T.get_task("arithmetic"), M.byte_tokenizer()
+    by_ops = {}
+    for ex in task.generate(1000, seed=0):
+        by_ops.setdefault(len(ex["steps"]), []).append(len(tok.encode(task.reference(ex, "compact"))) + 1)
+    lengths = [n for v in by_ops.values() for n in v]
+    assert min(lengths) <= 32 and max(lengths) >= 85  # measured on 5000: 31 to 93 tokens
+    medians = [sorted(by_ops[k])[len(by_ops[k]) // 2] for k in range(2, 7)]
+    assert medians == sorted(medians) and medians[-1] - medians[0] >= 25
+
+
+def test_arithmetic_rows_load_and_malformed_rows_name_the_line(tmp_path):
+    task, p = T.get_task("arithmetic"), tmp_path / "a.jsonl"
+    row = {"question": "Ann has 7 coins. She finds 5 more. How many?", "answer": 12, "steps": ["7+5=12"]}
+    p.write_text(json.dumps(row) + "\n" + json.dumps({"question": "q", "answer": 3}) + "\n")
+    loaded = task.load(p)
+    assert loaded == [row, {"question": "q", "answer": 3, "steps": []}]
+    assert task.reward(task.reference(loaded[1], "compact"), loaded[1]) == 1.0
+    for bad in ({"question": "q", "answer": "12"}, {"question": "q", "answer": True}, {"question": "q", "answer": -1},
+                {"question": "q", "answer": 1, "steps": "7+5=12"}, {"answer": 1}):
+        p.write_text(json.dumps(row) + "\n" + json.dumps(bad) + "\n")
+        with pytest.raises(ValueError, match=re.escape("a.jsonl:2:")):
+            task.load(p)
+
+
 def test_prompts_styles_and_prefill():
     gsm, cd, sd = T.get_task("gsm8k"), T.get_task("countdown"), T.get_task("sudoku")
     q = GSM_ROWS[0]["question"]
