@@ -419,18 +419,21 @@ TRAIN_SEED = 0  # generate(n, TRAIN_SEED) draws training problems, any other see
 
 
 def _split_of(key):
-    """Hash split of generated problems: "test" iff crc32(key) % 10 == 0 (key: the sorted numbers
-    of a Countdown problem, the puzzle string of a Sudoku), so train and test never overlap,
-    whatever seeds draw them."""
-    return "test" if zlib.crc32(key.encode()) % 10 == 0 else "train"
+    """Hash split of generated problems by crc32(key) % 10 (key: the sorted numbers of a Countdown
+    problem, the puzzle string of a Sudoku, the chain of an arithmetic problem): 0 "test", 1
+    "validation", else "train", so the three never overlap, whatever seeds draw them. Test is
+    the same tenth as before the validation split existed, so earlier test sets are unchanged."""
+    bucket = zlib.crc32(key.encode()) % 10
+    return "test" if bucket == 0 else "validation" if bucket == 1 else "train"
 
 
 def _split_for(seed, split):
     """The split a generate call draws from: as given, else "train" for TRAIN_SEED and "test" for
-    any other seed, so held-out sets drawn with seeds 1, 2, ... never meet the training set."""
+    any other seed, so held-out sets drawn with seeds 1, 2, ... never meet the training set.
+    Checkpoints and hyperparameters are chosen on "validation", never on "test"."""
     split = split or ("train" if seed == TRAIN_SEED else "test")
-    if split not in ("train", "test"):
-        raise ValueError(f"split {split!r}: use 'train' or 'test'")
+    if split not in ("train", "validation", "test"):
+        raise ValueError(f"split {split!r}: use 'train', 'validation' or 'test'")
     return split
 
 

@@ -8,6 +8,7 @@ import math
 import random
 import re
 import time
+import zlib
 
 import pytest
 import torch
@@ -483,6 +484,26 @@ def test_sudoku_reward_cells_and_metrics():
     assert task.reward("<answer>1234341221434321</answer>", full) == 0.0  # d1: no empty cell, 0
     m = T.sudoku_metrics(["<answer>1234341221434321</answer>", "<answer>12343412</answer>", None], [ex] * 3)
     assert m == {"cell_accuracy": (8 + 4 + 0) / 24, "solved": 1 / 3}
+
+
+# ---- train / validation / test splits ----
+
+def test_generated_splits_never_overlap_and_test_is_the_old_tenth():
+    keys = {"countdown": lambda e: str(sorted(e["numbers"])), "sudoku": lambda e: e["puzzle"],
+            "arithmetic": lambda e: " ".join(e["steps"])}
+    for name, key in keys.items():
+        task, kw = T.get_task(name), {"max_number": 12} if name == "countdown" else {}  # 364 number sets
+        drawn = {split: {key(e) for seed in (0, 3) for e in task.generate(40, seed=seed, split=split, **kw)}
+                 for split in ("train", "validation", "test")}
+        drawn["train"] |= {key(e) for e in task.generate(40, seed=0, **kw)}  # seed 0: train by default
+        drawn["test"] |= {key(e) for e in task.generate(40, seed=1, **kw)}  # other seeds: test
+        for a, b in (("train", "validation"), ("train", "test"), ("validation", "test")):
+            assert not drawn[a] & drawn[b], (name, a, b)
+        for split, ks in drawn.items():  # crc32 % 10: 0 test (as before), 1 validation, else train
+            buckets = {zlib.crc32(k.encode()) % 10 for k in ks}
+            assert buckets <= ({0} if split == "test" else {1} if split == "validation" else set(range(2, 10)))
+    with pytest.raises(ValueError, match="'train', 'validation' or 'test'"):
+        T.get_task("arithmetic").generate(5, seed=0, split="val")
 
 
 # ---- arithmetic task ----
@@ -1190,6 +1211,33 @@ def test_sft_resume_continues_with_the_same_step_and_weights(tmp_path):
         assert torch.equal(a[k], b[k]), k
     steps = [json.loads(line)["step"] for line in (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()]
     assert steps == [1, 2, 3, 4]
+
+
+# ---- held-out evaluation on the validation split ----
+
+class Stop(Exception):
+    """Raised by a patched training step: the run has built its data, which is all a test needs."""
+
+
+def stop(*args, **kwargs):
+    raise Stop
+
+
+def test_trainers_hold_out_the_validation_split(tmp_path, monkeypatch):
+    """Checkpoints are chosen on the in-run evaluation: it must never see the test split."""
+    import os
+    asked, split_for = [], T._split_for
+    monkeypatch.setattr(T, "_split_for", lambda seed, split: asked.append(split_for(seed, split)) or asked[-1])
+    monkeypatch.setattr(SFT, "sft_loss", stop)
+    with pytest.raises(Stop):
+        SFT.main(SFT.config_from_args(SFT.SFTConfig, SFT_SMALL + ["--out_dir", str(tmp_path / "s"), "--max_steps", "1"]))
+    assert asked == ["train", "validation"]
+    asked.clear()
+    monkeypatch.setattr(RL, "train_on_rollout", stop)
+    init = os.path.join(os.path.dirname(os.path.abspath(__file__)), "checkpoints", "llada-tiny")
+    with pytest.raises(Stop):
+        RL.main(RL.config_from_args(RL.RLConfig, ["--init", init, *RL_SMALL, "--out_dir", str(tmp_path / "r"), "--steps", "1"]))
+    assert asked == ["train", "validation"]
 
 
 def test_rl_out_of_memory_is_one_clear_message(tmp_path, monkeypatch):
