@@ -442,8 +442,14 @@ class Countdown(Task):
 
     def from_row(self, row):
         if "input" in row:  # the published test file: {"input": "30,100,93", "output": "23"}
-            return {"numbers": [int(x) for x in row["input"].split(",")], "target": int(row["output"])}
-        return {"numbers": [int(x) for x in row["numbers"]], "target": int(row["target"])}
+            numbers, target = [int(x) for x in row["input"].split(",")], int(row["output"])
+        else:  # our rows: JSON integers only, so "123" is not read as [1, 2, 3] nor 23.7 as 23
+            numbers, target = row["numbers"], row["target"]
+            if not (isinstance(numbers, list) and all(type(x) is int for x in numbers) and type(target) is int):
+                raise ValueError(f"numbers {numbers!r} / target {target!r}: expected a list of integers and an integer")
+        if len(numbers) != 3:
+            raise ValueError(f"numbers {numbers!r}: expected 3")
+        return {"numbers": numbers, "target": target}
 
     def generate(self, n, seed, split=None, max_number=100, max_target=100):
         """n distinct problems of the split: 3 numbers in 1..max_number, a target in 1..max_target
@@ -483,8 +489,8 @@ class Countdown(Task):
         answer = _countdown_answer(_text(completion))
         if answer is None:
             return 0.0
-        v = _countdown_value(answer, example["numbers"])
-        return 1.0 if v is not None and abs(v - example["target"]) < Fraction(1, 10**5) else 0.1
+        # exact: the reference's 1e-5 tolerance would accept 200001/200000*1 for 1
+        return 1.0 if _countdown_value(answer, example["numbers"]) == example["target"] else 0.1
 
     def is_correct(self, completion, example):
         return self.reward(completion, example) == 1.0

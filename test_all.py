@@ -427,6 +427,24 @@ def test_countdown_generate_deterministic_disjoint_and_references_score_one():
         assert task.reward(task.reference(loaded, "compact"), loaded) == 1.0
 
 
+# ---- countdown: exact target check, typed rows ----
+
+def test_countdown_target_is_exact_and_rows_are_typed(tmp_path):
+    task, ex = T.get_task("countdown"), {"numbers": [200001, 200000, 1], "target": 1}
+    assert task.reward("<answer>200001/200000*1</answer>", ex) == 0.1  # 1.000005: within 1e-5, still wrong
+    assert not task.is_correct("<answer>200001/200000*1</answer>", ex)
+    assert task.reward("<answer>(200001-200000)/1</answer>", ex) == 1.0
+    assert task.reward("<answer>(1+2)/3*3</answer>", {"numbers": [1, 2, 3, 3], "target": 3}) == 1.0
+    good = json.dumps({"numbers": [30, 100, 93], "target": 23}) + "\n"
+    for bad in ('{"numbers": "123", "target": 6}', '{"numbers": [1, 2, 3], "target": 6.5}',
+                '{"numbers": [1, 2, 3], "target": "6"}', '{"numbers": [1, 2, true], "target": 6}',
+                '{"numbers": [1, 2, 3, 4], "target": 6}', '{"input": "1,2", "output": "3"}'):
+        p = tmp_path / "cd.jsonl"
+        p.write_text(good + bad + "\n")
+        with pytest.raises(ValueError, match=re.escape("cd.jsonl:2: bad countdown row")):
+            task.load(p)
+
+
 def count_sudoku_solutions(puzzle):
     """Brute force, independent of tasks.py: try every digit in every empty cell."""
     g = [int(c) for c in puzzle]
