@@ -18,7 +18,8 @@ reference code are marked (ours). Prompt styles:
              its reward is +1 if is_correct else -1
     compact  a short prompt for the project's tiny byte-level models, answered "<answer>...</answer>"
 Rewards take anything: None, empty or megabyte strings, unclosed tags score 0 (or the format-only
-part) and never raise. Every scan is linear in the completion length (no backtracking regex).
+part) and never raise. Every scan is linear in the completion length (no backtracking regex) and
+reads at most MAX_COMPLETION_CHARS characters, more than any generation window holds.
 """
 import ast
 import csv
@@ -70,9 +71,16 @@ JUST_MATH = "\nPlease reason step by step, and put your final answer within \\bo
 # reading completions (linear-time helpers)
 
 
+# LLaDA-8B's context is 4096 positions, so no run generates more than 4096 tokens, and at 16
+# characters a token (4x English BPE's ~4) a real completion stays below this. Longer text cannot
+# come from the model; reading only this much bounds every reward's work (10 MB took seconds).
+MAX_COMPLETION_CHARS = 4096 * 16
+
+
 def _text(completion):
-    """Completions are strings; anything else (None, bytes, lists) scores as an empty completion."""
-    return completion if isinstance(completion, str) else ""
+    """Completions are strings; anything else (None, bytes, lists) scores as an empty completion.
+    Only the first MAX_COMPLETION_CHARS characters are read."""
+    return completion[:MAX_COMPLETION_CHARS] if isinstance(completion, str) else ""
 
 
 def _last_answer(text):

@@ -405,6 +405,24 @@ def test_bad_input_never_raises_and_returns_fast():
     assert time.time() - start < 10.0
 
 
+# ---- bounded work per completion ----
+
+def test_reward_work_is_bounded_for_huge_completions():
+    """10 MB completions cannot come from a model (see MAX_COMPLETION_CHARS): scoring reads a bounded
+    prefix. Old code: 1.2-1.6 s per call on a quiet machine; bounded: ~0.01 s."""
+    math_ex, gsm_ex = {"problem": "p", "answer": "6"}, GSM_ROWS[0]
+    math, gsm = T.get_task("math500"), T.get_task("gsm8k")
+    cases = [(math.reward, "\\boxed{" + "{" * 10_000_000, math_ex), (math.is_correct, "\\boxed{" + "{" * 10_000_000, math_ex),
+             (gsm.is_correct, "-1." * 3_400_000, gsm_ex), (gsm.reward, "-1." * 3_400_000, gsm_ex)]
+    for score, completion, ex in cases:
+        start = time.perf_counter()
+        score(completion, ex)
+        assert time.perf_counter() - start < 0.2, score
+    long_ok = "x" * (T.MAX_COMPLETION_CHARS - 100) + "<answer>6</answer>"  # the longest real completion
+    assert gsm.is_correct(long_ok, gsm_ex) and math.is_correct(long_ok.replace("<answer>6", "\\boxed{6}"), math_ex)
+    assert not gsm.is_correct("x" * T.MAX_COMPLETION_CHARS + "<answer>6</answer>", gsm_ex)  # past the cap: unread
+
+
 def test_countdown_generate_deterministic_disjoint_and_references_score_one():
     task = T.get_task("countdown")
     train, test = task.generate(150, seed=0), task.generate(40, seed=1)  # seed 0: train, others: held out
