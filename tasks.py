@@ -1,7 +1,8 @@
 """
-The four tasks: GSM8K, MATH500, Countdown (3 numbers) and 4x4 Sudoku. Each one loads its data,
-writes prompts, scores a completion for training (`reward`) and for evaluation (`is_correct`),
-and writes a reference completion (for SFT and tests). Countdown and Sudoku are generated here.
+The tasks: GSM8K, MATH500, Countdown (3 numbers), 4x4 Sudoku and arithmetic word problems (a
+chain of 2 to 6 dependent steps). Each one loads its data, writes prompts, scores a completion for
+training (`reward`) and for evaluation (`is_correct`), and writes a reference completion (for SFT
+and tests). Countdown, Sudoku and arithmetic are generated here.
 
     task = get_task("countdown")
     train, test = task.generate(2000, seed=0), task.generate(500, seed=1)  # disjoint: see _split_for
@@ -17,7 +18,8 @@ reference code are marked (ours). Prompt styles:
              its reward is +1 if is_correct else -1
     compact  a short prompt for the project's tiny byte-level models, answered "<answer>...</answer>"
 Rewards take anything: None, empty or megabyte strings, unclosed tags score 0 (or the format-only
-part) and never raise. Every scan is linear in the completion length (no backtracking regex).
+part) and never raise. Every scan is linear in the completion length (no backtracking regex) and
+reads at most MAX_COMPLETION_CHARS characters, more than any generation window holds.
 """
 import ast
 import csv
@@ -69,9 +71,16 @@ JUST_MATH = "\nPlease reason step by step, and put your final answer within \\bo
 # reading completions (linear-time helpers)
 
 
+# LLaDA-8B's context is 4096 positions, so no run generates more than 4096 tokens, and at 16
+# characters a token (4x English BPE's ~4) a real completion stays below this. Longer text cannot
+# come from the model; reading only this much bounds every reward's work (10 MB took seconds).
+MAX_COMPLETION_CHARS = 4096 * 16
+
+
 def _text(completion):
-    """Completions are strings; anything else (None, bytes, lists) scores as an empty completion."""
-    return completion if isinstance(completion, str) else ""
+    """Completions are strings; anything else (None, bytes, lists) scores as an empty completion.
+    Only the first MAX_COMPLETION_CHARS characters are read."""
+    return completion[:MAX_COMPLETION_CHARS] if isinstance(completion, str) else ""
 
 
 def _last_answer(text):
@@ -418,18 +427,21 @@ TRAIN_SEED = 0  # generate(n, TRAIN_SEED) draws training problems, any other see
 
 
 def _split_of(key):
-    """Hash split of generated problems: "test" iff crc32(key) % 10 == 0 (key: the sorted numbers
-    of a Countdown problem, the puzzle string of a Sudoku), so train and test never overlap,
-    whatever seeds draw them."""
-    return "test" if zlib.crc32(key.encode()) % 10 == 0 else "train"
+    """Hash split of generated problems by crc32(key) % 10 (key: the sorted numbers of a Countdown
+    problem, the puzzle string of a Sudoku, the chain of an arithmetic problem): 0 "test", 1
+    "validation", else "train", so the three never overlap, whatever seeds draw them. Test is
+    the same tenth as before the validation split existed, so earlier test sets are unchanged."""
+    bucket = zlib.crc32(key.encode()) % 10
+    return "test" if bucket == 0 else "validation" if bucket == 1 else "train"
 
 
 def _split_for(seed, split):
     """The split a generate call draws from: as given, else "train" for TRAIN_SEED and "test" for
-    any other seed, so held-out sets drawn with seeds 1, 2, ... never meet the training set."""
+    any other seed, so held-out sets drawn with seeds 1, 2, ... never meet the training set.
+    Checkpoints and hyperparameters are chosen on "validation", never on "test"."""
     split = split or ("train" if seed == TRAIN_SEED else "test")
-    if split not in ("train", "test"):
-        raise ValueError(f"split {split!r}: use 'train' or 'test'")
+    if split not in ("train", "validation", "test"):
+        raise ValueError(f"split {split!r}: use 'train', 'validation' or 'test'")
     return split
 
 
@@ -438,8 +450,14 @@ class Countdown(Task):
 
     def from_row(self, row):
         if "input" in row:  # the published test file: {"input": "30,100,93", "output": "23"}
-            return {"numbers": [int(x) for x in row["input"].split(",")], "target": int(row["output"])}
-        return {"numbers": [int(x) for x in row["numbers"]], "target": int(row["target"])}
+            numbers, target = [int(x) for x in row["input"].split(",")], int(row["output"])
+        else:  # our rows: JSON integers only, so "123" is not read as [1, 2, 3] nor 23.7 as 23
+            numbers, target = row["numbers"], row["target"]
+            if not (isinstance(numbers, list) and all(type(x) is int for x in numbers) and type(target) is int):
+                raise ValueError(f"numbers {numbers!r} / target {target!r}: expected a list of integers and an integer")
+        if len(numbers) != 3:
+            raise ValueError(f"numbers {numbers!r}: expected 3")
+        return {"numbers": numbers, "target": target}
 
     def generate(self, n, seed, split=None, max_number=100, max_target=100):
         """n distinct problems of the split: 3 numbers in 1..max_number, a target in 1..max_target
@@ -479,8 +497,8 @@ class Countdown(Task):
         answer = _countdown_answer(_text(completion))
         if answer is None:
             return 0.0
-        v = _countdown_value(answer, example["numbers"])
-        return 1.0 if v is not None and abs(v - example["target"]) < Fraction(1, 10**5) else 0.1
+        # exact: the reference's 1e-5 tolerance would accept 200001/200000*1 for 1
+        return 1.0 if _countdown_value(answer, example["numbers"]) == example["target"] else 0.1
 
     def is_correct(self, completion, example):
         return self.reward(completion, example) == 1.0
@@ -601,8 +619,120 @@ class Sudoku(Task):
                            example["solution"], style)
 
 # -----------------------------------------------------------------------------
+# Arithmetic word problems (ours: a sequential task, one line per dependent step)
 
-TASKS = {"gsm8k": GSM8K, "math500": MATH500, "countdown": Countdown, "sudoku": Sudoku}
+ARITH_NAMES = [("Ann", "she", "her"), ("Bob", "he", "him"), ("Eva", "she", "her"), ("Tom", "he", "him"),
+               ("Mia", "she", "her"), ("Sam", "he", "him"), ("Lin", "she", "her"), ("Raj", "he", "him"),
+               ("Zoe", "she", "her"), ("Max", "he", "him"), ("Ida", "she", "her"), ("Leo", "he", "him")]
+ARITH_OBJECTS = ["coins", "apples", "stamps", "marbles", "cards", "pens", "beads", "shells", "books",
+                 "eggs", "nuts", "keys"]
+ARITH_START = ["{N} has {v} {o}.", "{N} starts with {v} {o}.", "{N} owns {v} {o}.", "{N} is given {v} {o}."]
+ARITH_STEPS = {  # short sentences: a 6-step prompt stays under ~260 bytes
+    "+": ["{P} finds {b} more.", "{P} buys {b} more.", "A friend gives {p2} {b} more.", "{P} gets {b} more."],
+    "-": ["{P} gives away {b}.", "{P} loses {b}.", "{P} sells {b}.", "{P} uses {b} of them."],
+    "*": ["{P} gets {b} times as many.", "Now {p} has {b} times as many.", "{P} multiplies them by {b}."],
+    "/": ["{P} keeps 1/{b} of them.", "{P} keeps one of {b} equal piles.", "{P} splits them into {b} and keeps one part."],
+}
+ARITH_QUESTION = ["How many {o} does {n} have now?", "How many {o} now?", "How many {o} does {p} have?",
+                  "How many are there in the end?"]
+# a last division may instead end with the shares, as in "She shares them equally among 3 friends. How many does each get?"
+ARITH_SHARE = "{P} shares them equally among {b} friends. How many does each get?"
+
+
+def _arith_op(rng, v, cap):
+    """One step from the value v: (op, operand, result), every value an integer in 0..cap.
+    Multipliers and divisors are 2..9 (one digit) and divisions exact, so each line is one small
+    exact computation."""
+    ops = [op for op, ok in (("+", v < cap), ("-", v > 0), ("*", 0 < v <= cap // 2),
+                             ("/", any(v % d == 0 for d in range(2, 10)) and v > 0)) if ok]
+    op = rng.choice(ops)
+    if op == "+":
+        b = rng.randint(1, cap - v)
+        return op, b, v + b
+    if op == "-":
+        b = rng.randint(1, v)
+        return op, b, v - b
+    if op == "*":
+        b = rng.randint(2, min(9, cap // v))
+        return op, b, v * b
+    b = rng.choice([d for d in range(2, 10) if v % d == 0])
+    return op, b, v // b
+
+
+def _arith_integer(text):
+    """The last <answer> content (unwrapped from \\boxed{}) as an int when it is only ASCII digits,
+    else None. At most 9 digits: int() of a long digit string is slow (and refused past 4300)."""
+    answer = _countdown_answer(text)
+    return int(answer) if answer is not None and re.fullmatch(r"[0-9]{1,9}", answer) else None
+
+
+class Arithmetic(Task):
+    name = "arithmetic"
+
+    def from_row(self, row):
+        q, a, steps = row["question"], row["answer"], row.get("steps", [])
+        if not (isinstance(q, str) and type(a) is int and a >= 0):
+            raise ValueError("needs a question (string) and an answer (non-negative integer)")
+        if not (isinstance(steps, list) and all(isinstance(s, str) for s in steps)):
+            raise ValueError("steps must be a list of strings such as \"7+5=12\"")
+        return {"question": q, "answer": a, "steps": steps}
+
+    def generate(self, n, seed, split=None, ops=(2, 6), max_value=999):
+        """n distinct problems of the split: a start value and a chain of ops[0]..ops[1] dependent
+        operations (+ - * and exact /), every value in 0..max_value. Each problem draws its own cap
+        (9, 99 or max_value) so the lines, and the answer lengths, vary widely."""
+        if not (1 <= ops[0] <= ops[1] and max_value >= 9):
+            raise ValueError(f"ops {ops} / max_value {max_value}: need 1 <= ops[0] <= ops[1], max_value >= 9")
+        split, rng, out, seen = _split_for(seed, split), random.Random(seed), [], set()
+        while len(out) < n:
+            k, cap = rng.randint(*ops), rng.choice((9, 99, max_value))
+            (name, p, p2), obj = rng.choice(ARITH_NAMES), rng.choice(ARITH_OBJECTS)
+            v = rng.randint(2, cap)  # from 2: "1 coins" reads badly
+            words = dict(N=name, n=name, P=p.capitalize(), p=p, p2=p2, o=obj)
+            sentences, steps = [rng.choice(ARITH_START).format(v=v, **words)], []
+            for i in range(k):
+                op, b, result = _arith_op(rng, v, cap)
+                if i == k - 1 and op == "/" and rng.random() < 0.5:
+                    question = ARITH_SHARE.format(b=b, **words)
+                else:
+                    sentences.append(rng.choice(ARITH_STEPS[op]).format(b=b, **words))
+                    question = None
+                steps.append(f"{v}{op}{b}={result}")
+                v = result
+            sentences.append(question or rng.choice(ARITH_QUESTION).format(**words))
+            chain = " ".join(steps)  # split and de-duplicate by the computation, whatever the wording
+            if _split_of(chain) == split and chain not in seen:
+                seen.add(chain)
+                out.append({"question": " ".join(sentences), "answer": v, "steps": steps})
+        return out
+
+    def prompt(self, example, style="d1"):
+        q = example["question"]
+        return {"d1": D1_FORMAT + "\n\n" + q, "d1_eval": D1_MATH_EVAL + "\n\n" + q,
+                "compact": q}[self._style(style, just=False)]
+
+    def reward(self, completion, example):
+        """As Countdown's: 1.0 the right integer, 0.1 an answer that is wrong, 0 no answer."""
+        if _countdown_answer(_text(completion)) is None:
+            return 0.0
+        return 1.0 if self.is_correct(completion, example) else 0.1
+
+    def is_correct(self, completion, example):
+        """The last <answer> (or the \\boxed{} inside it) is exactly the gold integer."""
+        return _arith_integer(_text(completion)) == example["answer"]
+
+    def reference(self, example, style="d1"):
+        """One line per intermediate result ("7+5=12", "12/3=4"), then the answer."""
+        answer = str(example["answer"])
+        if self._style(style, just=False) == "compact":
+            return "".join(s + "\n" for s in example["steps"]) + _completion("", answer, style)
+        reasoning = "\n".join(example["steps"]) or answer
+        return _completion(reasoning, f"\\boxed{{{answer}}}" if style == "d1_eval" else answer, style)
+
+# -----------------------------------------------------------------------------
+
+TASKS = {"gsm8k": GSM8K, "math500": MATH500, "countdown": Countdown, "sudoku": Sudoku,
+         "arithmetic": Arithmetic}
 
 
 def get_task(name):

@@ -8,6 +8,7 @@ import math
 import random
 import re
 import time
+import zlib
 
 import pytest
 import torch
@@ -404,6 +405,24 @@ def test_bad_input_never_raises_and_returns_fast():
     assert time.time() - start < 10.0
 
 
+# ---- bounded work per completion ----
+
+def test_reward_work_is_bounded_for_huge_completions():
+    """10 MB completions cannot come from a model (see MAX_COMPLETION_CHARS): scoring reads a bounded
+    prefix. Old code: 1.2-1.6 s per call on a quiet machine; bounded: ~0.01 s."""
+    math_ex, gsm_ex = {"problem": "p", "answer": "6"}, GSM_ROWS[0]
+    math, gsm = T.get_task("math500"), T.get_task("gsm8k")
+    cases = [(math.reward, "\\boxed{" + "{" * 10_000_000, math_ex), (math.is_correct, "\\boxed{" + "{" * 10_000_000, math_ex),
+             (gsm.is_correct, "-1." * 3_400_000, gsm_ex), (gsm.reward, "-1." * 3_400_000, gsm_ex)]
+    for score, completion, ex in cases:
+        start = time.perf_counter()
+        score(completion, ex)
+        assert time.perf_counter() - start < 0.2, score
+    long_ok = "x" * (T.MAX_COMPLETION_CHARS - 100) + "<answer>6</answer>"  # the longest real completion
+    assert gsm.is_correct(long_ok, gsm_ex) and math.is_correct(long_ok.replace("<answer>6", "\\boxed{6}"), math_ex)
+    assert not gsm.is_correct("x" * T.MAX_COMPLETION_CHARS + "<answer>6</answer>", gsm_ex)  # past the cap: unread
+
+
 def test_countdown_generate_deterministic_disjoint_and_references_score_one():
     task = T.get_task("countdown")
     train, test = task.generate(150, seed=0), task.generate(40, seed=1)  # seed 0: train, others: held out
@@ -424,6 +443,24 @@ def test_countdown_generate_deterministic_disjoint_and_references_score_one():
         assert len(task.reference(ex, "compact")) <= 40 and len(task.prompt(ex, "compact")) <= 40
         loaded = {"numbers": ex["numbers"], "target": ex["target"]}  # data files keep no expression
         assert task.reward(task.reference(loaded, "compact"), loaded) == 1.0
+
+
+# ---- countdown: exact target check, typed rows ----
+
+def test_countdown_target_is_exact_and_rows_are_typed(tmp_path):
+    task, ex = T.get_task("countdown"), {"numbers": [200001, 200000, 1], "target": 1}
+    assert task.reward("<answer>200001/200000*1</answer>", ex) == 0.1  # 1.000005: within 1e-5, still wrong
+    assert not task.is_correct("<answer>200001/200000*1</answer>", ex)
+    assert task.reward("<answer>(200001-200000)/1</answer>", ex) == 1.0
+    assert task.reward("<answer>(1+2)/3*3</answer>", {"numbers": [1, 2, 3, 3], "target": 3}) == 1.0
+    good = json.dumps({"numbers": [30, 100, 93], "target": 23}) + "\n"
+    for bad in ('{"numbers": "123", "target": 6}', '{"numbers": [1, 2, 3], "target": 6.5}',
+                '{"numbers": [1, 2, 3], "target": "6"}', '{"numbers": [1, 2, true], "target": 6}',
+                '{"numbers": [1, 2, 3, 4], "target": 6}', '{"input": "1,2", "output": "3"}'):
+        p = tmp_path / "cd.jsonl"
+        p.write_text(good + bad + "\n")
+        with pytest.raises(ValueError, match=re.escape("cd.jsonl:2: bad countdown row")):
+            task.load(p)
 
 
 def count_sudoku_solutions(puzzle):
@@ -483,6 +520,100 @@ def test_sudoku_reward_cells_and_metrics():
     assert task.reward("<answer>1234341221434321</answer>", full) == 0.0  # d1: no empty cell, 0
     m = T.sudoku_metrics(["<answer>1234341221434321</answer>", "<answer>12343412</answer>", None], [ex] * 3)
     assert m == {"cell_accuracy": (8 + 4 + 0) / 24, "solved": 1 / 3}
+
+
+# ---- train / validation / test splits ----
+
+def test_generated_splits_never_overlap_and_test_is_the_old_tenth():
+    keys = {"countdown": lambda e: str(sorted(e["numbers"])), "sudoku": lambda e: e["puzzle"],
+            "arithmetic": lambda e: " ".join(e["steps"])}
+    for name, key in keys.items():
+        task, kw = T.get_task(name), {"max_number": 12} if name == "countdown" else {}  # 364 number sets
+        drawn = {split: {key(e) for seed in (0, 3) for e in task.generate(40, seed=seed, split=split, **kw)}
+                 for split in ("train", "validation", "test")}
+        drawn["train"] |= {key(e) for e in task.generate(40, seed=0, **kw)}  # seed 0: train by default
+        drawn["test"] |= {key(e) for e in task.generate(40, seed=1, **kw)}  # other seeds: test
+        for a, b in (("train", "validation"), ("train", "test"), ("validation", "test")):
+            assert not drawn[a] & drawn[b], (name, a, b)
+        for split, ks in drawn.items():  # crc32 % 10: 0 test (as before), 1 validation, else train
+            buckets = {zlib.crc32(k.encode()) % 10 for k in ks}
+            assert buckets <= ({0} if split == "test" else {1} if split == "validation" else set(range(2, 10)))
+    with pytest.raises(ValueError, match="'train', 'validation' or 'test'"):
+        T.get_task("arithmetic").generate(5, seed=0, split="val")
+
+
+# ---- arithmetic task ----
+
+def test_arithmetic_generate_deterministic_disjoint_and_chains_recompute():
+    task = T.get_task("arithmetic")
+    train, test = task.generate(300, seed=0), task.generate(100, seed=1)
+    assert train == task.generate(300, seed=0) and train != task.generate(300, seed=5, split="train")
+    chains = [[" ".join(e["steps"]) for e in s] for s in (train, test)]
+    assert len(set(chains[0])) == 300 and len(set(chains[1])) == 100  # no duplicates within a call
+    assert not set(chains[0]) & set(chains[1])
+    for ex in train + test:  # each line recomputed here: exact, in 0..999, feeding the next line
+        v = None
+        for line in ex["steps"]:
+            a, op, b, c = re.fullmatch(r"([0-9]+)([-+*/])([0-9]+)=([0-9]+)", line).groups()
+            a, b, c = int(a), int(b), int(c)
+            assert v in (None, a) and 0 <= c <= 999 and str(b) in ex["question"], (line, ex)
+            assert c == {"+": a + b, "-": a - b, "*": a * b, "/": a // b}[op] and (op != "/" or a % b == 0)
+            v = c
+        assert v == ex["answer"] and 2 <= len(ex["steps"]) <= 6
+        start = re.match(r"[0-9]+", ex["steps"][0]).group()
+        assert f" {start} " in ex["question"] and ex["question"].endswith("?")
+    assert {len(e["steps"]) for e in train} == {2, 3, 4, 5, 6}
+
+
+def test_arithmetic_rewards_and_references():
+    task = T.get_task("arithmetic")
+    examples = task.generate(200, seed=0) + task.generate(50, seed=2)
+    for ex in examples:
+        for style in ("d1", "d1_eval", "compact"):
+            ref = task.reference(ex, style)
+            assert task.reward(ref, ex) == 1.0 and task.is_correct(ref, ex), (style, ref)
+            assert all(s in ref for s in ex["steps"])
+        gold = ex["answer"]
+        assert task.reward(f"<answer>{gold + 1}</answer>", ex) == 0.1
+        assert not task.is_correct(f"<answer>{gold + 1}</answer>", ex)
+    ex = {"question": "Ann has 7 coins. She finds 5 more. She keeps 1/3 of them. How many coins now?",
+          "answer": 4, "steps": ["7+5=12", "12/3=4"]}
+    assert task.reference(ex, "compact") == "7+5=12\n12/3=4\n<answer>4</answer>"
+    assert task.prompt(ex, "compact") == ex["question"] and ex["question"] in task.prompt(ex, "d1")
+    for completion, r in [("<answer> 4 </answer>", 1.0), ("<answer>\\boxed{4}</answer>", 1.0),
+                          ("<answer>4.0</answer>", 0.1), ("<answer>four</answer>", 0.1), ("<answer>٤</answer>", 0.1),
+                          ("<answer>3+1</answer>", 0.1), ("<answer>" + "9" * 5000 + "</answer>", 0.1),
+                          ("<answer>7</answer><answer>4</answer>", 1.0), ("<answer>4</answer><answer>7</answer>", 0.1),
+                          ("4", 0.0), ("<answer>4", 0.0), (None, 0.0)]:
+        assert task.reward(completion, ex) == r, completion[:30] if completion else completion
+        assert task.is_correct(completion, ex) is (r == 1.0)
+    with pytest.raises(ValueError, match="style"):
+        task.prompt(ex, "just")
+
+
+def test_arithmetic_compact_reference_lengths_vary_widely():
+    task, tok = T.get_task("arithmetic"), M.byte_tokenizer()
+    by_ops = {}
+    for ex in task.generate(1000, seed=0):
+        by_ops.setdefault(len(ex["steps"]), []).append(len(tok.encode(task.reference(ex, "compact"))) + 1)
+    lengths = [n for v in by_ops.values() for n in v]
+    assert min(lengths) <= 32 and max(lengths) >= 85  # measured on 5000: 31 to 93 tokens
+    medians = [sorted(by_ops[k])[len(by_ops[k]) // 2] for k in range(2, 7)]
+    assert medians == sorted(medians) and medians[-1] - medians[0] >= 25
+
+
+def test_arithmetic_rows_load_and_malformed_rows_name_the_line(tmp_path):
+    task, p = T.get_task("arithmetic"), tmp_path / "a.jsonl"
+    row = {"question": "Ann has 7 coins. She finds 5 more. How many?", "answer": 12, "steps": ["7+5=12"]}
+    p.write_text(json.dumps(row) + "\n" + json.dumps({"question": "q", "answer": 3}) + "\n")
+    loaded = task.load(p)
+    assert loaded == [row, {"question": "q", "answer": 3, "steps": []}]
+    assert task.reward(task.reference(loaded[1], "compact"), loaded[1]) == 1.0
+    for bad in ({"question": "q", "answer": "12"}, {"question": "q", "answer": True}, {"question": "q", "answer": -1},
+                {"question": "q", "answer": 1, "steps": "7+5=12"}, {"answer": 1}):
+        p.write_text(json.dumps(row) + "\n" + json.dumps(bad) + "\n")
+        with pytest.raises(ValueError, match=re.escape("a.jsonl:2:")):
+            task.load(p)
 
 
 def test_prompts_styles_and_prefill():
@@ -1116,6 +1247,33 @@ def test_sft_resume_continues_with_the_same_step_and_weights(tmp_path):
         assert torch.equal(a[k], b[k]), k
     steps = [json.loads(line)["step"] for line in (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()]
     assert steps == [1, 2, 3, 4]
+
+
+# ---- held-out evaluation on the validation split ----
+
+class Stop(Exception):
+    """Raised by a patched training step: the run has built its data, which is all a test needs."""
+
+
+def stop(*args, **kwargs):
+    raise Stop
+
+
+def test_trainers_hold_out_the_validation_split(tmp_path, monkeypatch):
+    """Checkpoints are chosen on the in-run evaluation: it must never see the test split."""
+    import os
+    asked, split_for = [], T._split_for
+    monkeypatch.setattr(T, "_split_for", lambda seed, split: asked.append(split_for(seed, split)) or asked[-1])
+    monkeypatch.setattr(SFT, "sft_loss", stop)
+    with pytest.raises(Stop):
+        SFT.main(SFT.config_from_args(SFT.SFTConfig, SFT_SMALL + ["--out_dir", str(tmp_path / "s"), "--max_steps", "1"]))
+    assert asked == ["train", "validation"]
+    asked.clear()
+    monkeypatch.setattr(RL, "train_on_rollout", stop)
+    init = os.path.join(os.path.dirname(os.path.abspath(__file__)), "checkpoints", "llada-tiny")
+    with pytest.raises(Stop):
+        RL.main(RL.config_from_args(RL.RLConfig, ["--init", init, *RL_SMALL, "--out_dir", str(tmp_path / "r"), "--steps", "1"]))
+    assert asked == ["train", "validation"]
 
 
 def test_rl_out_of_memory_is_one_clear_message(tmp_path, monkeypatch):

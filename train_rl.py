@@ -391,7 +391,8 @@ def main(cfg):
         rows = task.load(cfg.data)
         train_set, held_out = rows[:-cfg.eval_n], rows[-cfg.eval_n:]
     else:
-        train_set, held_out = task.generate(cfg.n_train, seed=0), task.generate(cfg.eval_n, seed=1)
+        # held out: the validation split (checkpoints and hyperparameters are chosen on it), never test
+        train_set, held_out = task.generate(cfg.n_train, seed=0), task.generate(cfg.eval_n, seed=1, split="validation")
     log = MetricsLog(out, rank, resumed_step=step)
     per_rank = cfg.prompts_per_step // world
     pbar = tqdm(range(step, cfg.steps), initial=step, total=cfg.steps, disable=rank != 0)

@@ -51,7 +51,7 @@ class SFTConfig:
     grad_clip: float = 1.0
     eps: float = 1e-3                 # LLaDA's lower bound on the masking rate
     eval_every: int = 500
-    eval_n: int = 256                 # held-out examples per task
+    eval_n: int = 256                 # held-out examples per task (the validation split of generated tasks)
     save_every: int = 500
     keep_every_save: bool = False     # keep step_N/ copies of every save (to pick a checkpoint later)
     seed: int = 0
@@ -73,7 +73,8 @@ def build_examples(cfg, tok, split):
             rows_in_file = task.load(cfg.data)
             examples = rows_in_file[:-cfg.eval_n] if split == "train" else rows_in_file[-cfg.eval_n:]
         else:
-            examples = task.generate(cfg.n_train if split == "train" else cfg.eval_n, seed=0 if split == "train" else 1)
+            examples = task.generate(cfg.n_train if split == "train" else cfg.eval_n, seed=0 if split == "train" else 1,
+                                     split=split)
         for ex in examples:
             rows.append((name, ex, tok.chat_prompt(task.prompt(ex, style=cfg.style)),
                          tok.encode(task.reference(ex, style=cfg.style)) + [tok.eot_id]))
@@ -141,7 +142,7 @@ def main(cfg):
                                   fused=device.type == "cuda")  # one kernel pass over the state, not several
     step = load_training_state(resume_dir, model, optimizer) if cfg.resume else 0
     rows, prompts, prompt_mask, responses = build_examples(cfg, tok, "train")
-    held_out = build_examples(cfg, tok, "test")
+    held_out = build_examples(cfg, tok, "validation")  # checkpoints are chosen on it: never the test split
     if cfg.batch_size % world:
         raise ValueError(f"--batch_size {cfg.batch_size} must divide by the number of processes {world}")
     per_rank = cfg.batch_size // world
