@@ -890,10 +890,11 @@ def test_just_grpo_stacked_equals_per_token_loop():
     model = tiny_model().train()
     mb = fixed_rollout(model, "just_grpo")
     n_nonzero = float((mb["adv"] != 0).sum())
+    mb["scale"] = RL.just_grpo_scale(mb["adv"], len(mb["x"]), mb["L"], world=1)  # one group
     results = []
     for stack in (1, 5, 64):
         model.zero_grad()
-        s = RL.just_grpo_loss(model, mb, rl_config(algo="just_grpo", stack=stack), n_nonzero)
+        s = RL.just_grpo_loss(model, mb, rl_config(algo="just_grpo", stack=stack))
         results.append((s["loss"], grads_of(model)))
     # naive: the published loop, one forward per (sequence, token)
     model.zero_grad()
@@ -914,15 +915,16 @@ def test_just_grpo_stacked_equals_per_token_loop():
 def test_just_grpo_position_options_select_the_right_positions():
     model = tiny_model().train()
     mb = fixed_rollout(model, "just_grpo")
-    assert RL.just_grpo_loss(model, mb, rl_config(algo="just_grpo"), 3.0)["tokens"] == 3 * mb["L"]  # row 0 has A = 0
+    mb["scale"] = torch.ones(len(mb["x"]))
+    assert RL.just_grpo_loss(model, mb, rl_config(algo="just_grpo"))["tokens"] == 3 * mb["L"]  # row 0 has A = 0
     mb["adv"][0] = 0.5
     eos = model.config.eos_token_id
     mb["x"][1, mb["P"] + 3] = eos  # first EOS of row 1 at slot 3: slots 4..7 are its tail
     cfg = rl_config(algo="just_grpo", skip_eos_tail=True)
-    s = RL.just_grpo_loss(model, mb, cfg, 3.0)
+    s = RL.just_grpo_loss(model, mb, cfg)
     tails = sum(mb["L"] - 1 - int((row == eos).float().argmax()) for row in mb["x"][:, mb["P"]:] if (row == eos).any())
     assert s["tokens"] == 4 * mb["L"] - tails
-    s = RL.just_grpo_loss(model, mb, rl_config(algo="just_grpo", top_entropy=0.25), 3.0)
+    s = RL.just_grpo_loss(model, mb, rl_config(algo="just_grpo", top_entropy=0.25))
     assert s["tokens"] == 4 * 2
     # the recorded entropy is that of the sampling distribution at the committed slot
     P, t = mb["P"], 5
@@ -963,6 +965,107 @@ def test_diffu_grpo_loss_and_gradient_equal_naive():
     total.backward()
     assert abs(stats["loss"] - total.item()) < 1e-5
     assert_grads_close(fast, grads_of(model))
+
+
+# ---- reference match: diffu-GRPO's KL gradient, JustGRPO's per-group scale ----
+
+
+def diffu_naive_loss(model, ref, mb, iteration, beta):
+    """d1's objective in float64, one model call per sequence: the mean over completion tokens up
+    to and including the first EOS of -(min(rho A, clip(rho) A) - beta k3(logp, ref_logp)),
+    on-policy (rho = exp(lp - lp.detach()))."""
+    P, eos, terms = mb["P"], model.config.eos_token_id, []
+    for b in range(len(mb["x"])):
+        seq = mb["x"][b].clone()
+        seq[P:] = model.config.mask_token_id
+        seq[:P][mb["prompt_masks"][b, iteration]] = model.config.mask_token_id
+        lps = []
+        for m in (model, ref):
+            logits = m(seq[None], attention_mask=mb["attn"][b][None])[0].double()
+            lps.append(torch.log_softmax(logits.masked_fill(banned_ids(m.config, logits.device), -math.inf), -1))
+        for t in range(mb["L"]):
+            token = mb["x"][b, P + t]
+            lp, ref_lp = lps[0][P + t, token], lps[1][P + t, token].detach()
+            rho, a = torch.exp(lp - lp.detach()), mb["adv"][b].double()
+            kl = torch.exp(ref_lp - lp) - (ref_lp - lp) - 1
+            terms.append(torch.min(rho * a, torch.clamp(rho, 0.8, 1.2) * a) - beta * kl)
+            if token == eos:
+                break
+    return -torch.stack(terms).mean()
+
+
+def test_diffu_grpo_kl_term_carries_gradient():
+    """With beta > 0 the KL to the frozen reference must move the weights (d1's trainer backpropagates
+    it); loss and gradient equal the naive float64 objective that includes it."""
+    model, ref = tiny_model().double().train(), tiny_model(seed=1).double()
+    mb = fixed_rollout(model, "diffu_grpo")
+    mb["prompt_masks"] = RL.diffu_mask(mb["attn"][:, :mb["P"]], 0.3, 1)[:, None]  # (B, mu = 1, P)
+    cfg = rl_config(algo="diffu_grpo", num_iterations=1, beta=0.5)
+    model.zero_grad()
+    stats = RL.diffu_grpo_loss(model, ref, mb, 0, cfg, n_micro=1)
+    fast = grads_of(model)
+    model.zero_grad()
+    total = diffu_naive_loss(model, ref, mb, 0, cfg.beta)
+    total.backward()
+    assert stats["kl"] > 0.01
+    assert abs(stats["loss"] - total.item()) < 1e-10
+    assert_grads_close(fast, grads_of(model), rtol=1e-9, atol=1e-12)
+
+
+class GradCatcher:
+    """An optimizer stand-in keeping the gradient train_on_rollout steps with."""
+
+    def __init__(self, model):
+        self.model, self.grads = model, None
+
+    def step(self):
+        self.grads = grads_of(self.model)
+
+    def zero_grad(self, set_to_none=True):
+        self.model.zero_grad(set_to_none=set_to_none)
+
+
+def just_grpo_groups_rollout(model, G=8, L=6, nonzero=(8, 4, 2)):
+    """One rollout of len(nonzero) groups of G; group g has nonzero[g] completions with A != 0."""
+    batch = fixed_rollout(model, "just_grpo", n=G * len(nonzero), L=L)
+    adv = torch.randn(G * len(nonzero), dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    for g, n in enumerate(nonzero):
+        adv[g * G + n:(g + 1) * G] = 0.0
+    batch["adv"] = adv
+    return batch
+
+
+def just_grpo_gradient(model, batch, G, micro_batch, stack):
+    model.zero_grad(set_to_none=True)
+    opt = GradCatcher(model)
+    cfg = rl_config(algo="just_grpo", group_size=G, micro_batch=micro_batch, stack=stack, num_iterations=1,
+                    grad_clip=1e30)
+    RL.train_on_rollout(model, None, opt, dict(batch), cfg, world=1)
+    return opt.grads
+
+
+def test_just_grpo_normalises_per_group_whatever_the_micro_batch():
+    """JustGRPO's unit is one prompt group: group g's token losses are scaled by 1 / (L (n_g + 1e-5)).
+    Micro-batches of G, 2G, 3 (not dividing G) and several --stack give the naive per-group gradient."""
+    G = 8
+    model = tiny_model().double().train()
+    batch = just_grpo_groups_rollout(model, G)
+    P, L = batch["P"], batch["L"]
+    model.zero_grad()
+    total = 0.0
+    for g in range(len(batch["x"]) // G):
+        members = range(g * G, (g + 1) * G)
+        n_g = sum(float(batch["adv"][j] != 0) for j in members)
+        for j in members:
+            for t in range(L):
+                state = batch["x"][j].clone()
+                state[P + t:] = model.config.mask_token_id  # AR order: slot t is committed at step t
+                lp = naive_logp(model, state, batch["attn"][j], P + t, batch["x"][j, P + t])
+                total = total - batch["adv"][j] * lp / (L * (n_g + 1e-5))
+    total.backward()
+    naive = grads_of(model)
+    for micro_batch, stack in ((G, 64), (2 * G, 64), (3, 64), (3, 5), (2 * G, 1), (3 * G, 7)):
+        assert_grads_close(just_grpo_gradient(model, batch, G, micro_batch, stack), naive, rtol=1e-9, atol=1e-13)
 
 
 def test_group_advantages():
