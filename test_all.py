@@ -167,7 +167,7 @@ def test_checkpoint_bad_input_errors(tmp_path):
     with pytest.raises(ValueError, match=r"ff_proj.weight' has shape \(48, 32\), expected \(64, 32\)"):
         M.LLaDA.from_pretrained(ck)
     (ck / "config.json").write_text(json.dumps({**cfg, "block_type": "sequential"}))
-    with pytest.raises(ValueError, match="block_type.*'sequential'"):
+    with pytest.raises(ValueError, match='block_type.*"sequential".*only "llama"'):
         M.LLaDA.from_pretrained(ck)
     (ck / "config.json").write_text("{not json")
     with pytest.raises(ValueError, match="config.json: not valid JSON"):
@@ -181,7 +181,7 @@ def test_tokenizer_bad_input_errors(tmp_path):
     with pytest.raises(FileNotFoundError, match="tokenizer.json"):
         M.load_tokenizer(tmp_path)
     (tmp_path / "tokenizer.json").write_text('{"model": {"type": "BPE", "vocab": {"a": 0}')
-    with pytest.raises(ValueError, match="tokenizer.json: not a Hugging Face tokenizer.json"):
+    with pytest.raises(ValueError, match="tokenizer.json: not valid JSON"):
         M.load_tokenizer(tmp_path)
     M.write_byte_tokenizer(tmp_path)
     spec = json.loads((tmp_path / "tokenizer.json").read_text())
@@ -191,6 +191,153 @@ def test_tokenizer_bad_input_errors(tmp_path):
     (tmp_path / "tokenizer.json").write_text(json.dumps({**spec, "pre_tokenizer": {"type": "Whitespace"}}))
     with pytest.raises(ValueError, match="pre_tokenizer type 'Whitespace'"):
         M.load_tokenizer(tmp_path)
+
+
+# ---- checkpoint config: Hugging Face's LLaDA keys, refused values, bad files named ----
+
+# LLaDA-8B-Instruct's config.json (as published) less its sizes and token ids, which are the model's
+# own, and "transformers_version", which names the library that wrote the file
+LLADA_8B_CONFIG = {
+    "activation_type": "silu", "alibi": False, "alibi_bias_max": 8.0, "architectures": ["LLaDAModelLM"],
+    "attention_dropout": 0.0, "attention_layer_norm": False, "attention_layer_norm_with_affine": True,
+    "auto_map": {"AutoConfig": "configuration_llada.LLaDAConfig", "AutoModelForCausalLM": "modeling_llada.LLaDAModelLM",
+                 "AutoModel": "modeling_llada.LLaDAModelLM"},
+    "bias_for_layer_norm": False, "block_group_size": 1, "block_type": "llama", "embedding_dropout": 0.0,
+    "flash_attention": False, "include_bias": False, "include_qkv_bias": False, "init_cutoff_factor": None,
+    "init_device": "meta", "init_fn": "mitchell", "init_std": 0.02, "input_emb_norm": False, "layer_norm_type": "rms",
+    "layer_norm_with_affine": True, "mlp_ratio": 4, "model_type": "llada", "multi_query_attention": None,
+    "precision": "amp_bf16", "residual_dropout": 0.0, "rope": True, "rope_full_precision": True, "scale_logits": False,
+    "use_cache": False, "weight_tying": False,
+}
+LLADA_SIZE_KEYS = ("d_model", "n_layers", "n_heads", "n_kv_heads", "mlp_hidden_size", "vocab_size", "embedding_size",
+                   "max_sequence_length", "rope_theta", "rms_norm_eps", "mask_token_id", "eos_token_id", "pad_token_id")
+
+
+def test_from_scratch_config_has_llada_keys_and_loaded_keys_are_kept(tmp_path):
+    """Hugging Face loads a LLaDA checkpoint through model_type + auto_map, and trains with the
+    dropouts of its config (0.1 by default): a from-scratch save writes LLaDA's full key set."""
+    model = tiny_model()
+    model.save_pretrained(tmp_path / "a")
+    written = json.loads((tmp_path / "a" / "config.json").read_text())
+    for key, value in LLADA_8B_CONFIG.items():
+        assert key in written and written[key] == value and type(written[key]) is type(value), key
+    for key in LLADA_SIZE_KEYS:
+        assert written[key] == getattr(model.config, key), key
+    # a loaded checkpoint keeps the values of its keys, the ones we only keep included
+    written.update(init_std=0.01, transformers_version="4.46.3", flash_attention=True, block_group_size=2)
+    (tmp_path / "a" / "config.json").write_text(json.dumps(written))
+    M.LLaDA.from_pretrained(tmp_path / "a").save_pretrained(tmp_path / "b")
+    assert json.loads((tmp_path / "b" / "config.json").read_text()) == written
+
+
+def tiny_checkpoint(tmp_path, **config_changes):
+    """A saved tiny model with config.json changed (None deletes a key)."""
+    ck = tmp_path / "ck"
+    if not ck.exists():
+        tiny_model().save_pretrained(ck)
+        M.write_byte_tokenizer(ck)
+    cfg = json.loads((ck / "config.json").read_text())
+    for k, v in config_changes.items():
+        cfg.pop(k) if v is None else cfg.update({k: v})
+    (ck / "config.json").write_text(json.dumps(cfg))
+    return ck
+
+
+@pytest.mark.parametrize("key, value, expected", [
+    ("input_emb_norm", True, "false"), ("rope_full_precision", False, "true"), ("include_qkv_bias", True, "false"),
+    ("layer_norm_with_affine", False, "true"), ("clip_qkv", 8.0, "null"), ("multi_query_attention", True, "null or false"),
+    ("bias_for_layer_norm", True, "false or null"), ("attention_layer_norm", True, "false"), ("rope", False, "true"),
+    ("activation_type", "swiglu", '"silu"')])
+def test_config_values_we_do_not_implement_are_refused(tmp_path, key, value, expected):
+    with pytest.raises(ValueError, match=f"config.json: key '{key}' is {re.escape(json.dumps(value))}; "
+                                         f"this model implements only {re.escape(expected)}$"):
+        M.LLaDA.from_pretrained(tiny_checkpoint(tmp_path, **{key: value}))
+
+
+def test_nonzero_dropout_is_refused_when_training_only(tmp_path):
+    model = M.LLaDA.from_pretrained(tiny_checkpoint(tmp_path, residual_dropout=0.1))
+    ids = torch.randint(0, 256, (1, 6))
+    with torch.no_grad():
+        torch.testing.assert_close(model(ids), tiny_model()(ids))  # evaluation: the same with or without dropout
+    with pytest.raises(ValueError, match="residual_dropout.*0.1.*no dropout"):
+        model.train()(ids)
+    with pytest.raises(ValueError, match="config.json: key 'attention_dropout' is 1.5, expected a number in"):
+        M.LLaDA.from_pretrained(tiny_checkpoint(tmp_path, residual_dropout=0.0, attention_dropout=1.5))
+
+
+def rewrite_tensor(ck, name, tensor):
+    from safetensors.torch import load_file, save_file
+    tensors = load_file(ck / "model.safetensors")
+    tensors[name] = tensor
+    save_file(tensors, ck / "model.safetensors")
+
+
+def test_bad_weights_and_missing_keys_are_refused_naming_them(tmp_path):
+    ck = tiny_checkpoint(tmp_path)
+    good = M.LLaDA.from_pretrained(ck).transformer.ln_f.weight.detach().clone()
+    name = "model.transformer.ln_f.weight"
+    for bad, what in ((float("nan"), "NaN or inf"), (float("inf"), "NaN or inf")):
+        rewrite_tensor(ck, name, torch.where(torch.arange(len(good)) == 3, bad, good))
+        with pytest.raises(ValueError, match=f"model.safetensors: tensor '{name}' has {what}"):
+            M.LLaDA.from_pretrained(ck)
+    rewrite_tensor(ck, name, good * 1e5)  # finite in float32, inf in float16
+    M.LLaDA.from_pretrained(ck)
+    with pytest.raises(ValueError, match=f"tensor '{name}' has NaN or inf.*float16"):
+        M.LLaDA.from_pretrained(ck, dtype=torch.float16)
+    for dtype in (torch.int32, torch.bool, torch.float8_e4m3fn):
+        rewrite_tensor(ck, name, good.to(dtype))
+        with pytest.raises(ValueError, match=f"tensor '{name}' has dtype {dtype}, expected one of"):
+            M.LLaDA.from_pretrained(ck)
+    rewrite_tensor(ck, name, good)
+    for key in ("mask_token_id", "eos_token_id", "rope_theta", "max_sequence_length"):
+        with pytest.raises(ValueError, match=f"config.json: missing required keys \\['{key}'\\]"):
+            M.LLaDA.from_pretrained(tiny_checkpoint(tmp_path, **{key: None}))
+        tiny_checkpoint(tmp_path, **{key: getattr(tiny_config(), key)})
+    # null or absent n_kv_heads / embedding_size mean n_heads / vocab_size, as in LLaDA's configuration
+    cfg = {k: v for k, v in json.loads((ck / "config.json").read_text()).items() if k != "embedding_size"}
+    (tmp_path / "config.json").write_text(json.dumps({**cfg, "n_kv_heads": None}))
+    loaded = M.LLaDAConfig.from_json(tmp_path / "config.json")
+    assert (loaded.n_kv_heads, loaded.embedding_size) == (cfg["n_heads"], cfg["vocab_size"])
+
+
+@pytest.mark.parametrize("changes, message", [
+    (dict(d_model="192"), "key 'd_model' is \"192\", expected a positive integer"),
+    (dict(n_heads=0), "key 'n_heads' is 0, expected a positive integer"),
+    (dict(n_layers=2.5), "key 'n_layers' is 2.5, expected a positive integer"),
+    (dict(vocab_size=True), "key 'vocab_size' is true, expected a positive integer"),
+    (dict(rope_theta="1e4"), "key 'rope_theta' is \"1e4\", expected a positive number"),
+    (dict(rms_norm_eps=-1e-5), "key 'rms_norm_eps' is -1e-05, expected a positive number"),
+    (dict(mask_token_id=-1), "key 'mask_token_id' is -1, expected a non-negative integer"),
+    (dict(mask_token_id=262), "key 'mask_token_id' is 262, expected an id below vocab_size 262"),
+    (dict(d_model=36), "d_model 36 must divide by n_heads 4 into an even head dim"),
+])
+def test_config_types_and_ranges_name_the_key(tmp_path, changes, message):
+    with pytest.raises(ValueError, match="config.json: " + re.escape(message)):
+        M.LLaDA.from_pretrained(tiny_checkpoint(tmp_path, **changes))
+
+
+def test_unreadable_files_name_themselves(tmp_path):
+    ck = tiny_checkpoint(tmp_path)
+    weights = (ck / "model.safetensors").read_bytes()
+    (ck / "model.safetensors").write_bytes(weights[:len(weights) // 2])
+    with pytest.raises(ValueError, match="model.safetensors: not a valid safetensors file"):
+        M.LLaDA.from_pretrained(ck)
+    (ck / "model.safetensors").write_bytes(weights)
+    config = (ck / "config.json").read_text()
+    (ck / "config.json").write_text(json.dumps([json.loads(config)]))
+    with pytest.raises(ValueError, match="config.json: expected a JSON object, found a list"):
+        M.LLaDA.from_pretrained(ck)
+    binary = bytes(range(128, 256)) * 4
+    for name in ("config.json", "tokenizer.json", "tokenizer_config.json"):
+        original = (ck / name).read_text() if name != "config.json" else config
+        (ck / name).write_bytes(binary)
+        load = M.LLaDA.from_pretrained if name == "config.json" else M.load_tokenizer
+        with pytest.raises(ValueError, match=f"{name}: not UTF-8 text"):
+            load(ck)
+        (ck / name).write_text(original)
+    (ck / "tokenizer_config.json").write_text('{"bos_token": ')
+    with pytest.raises(ValueError, match="tokenizer_config.json: not valid JSON"):
+        M.load_tokenizer(ck)
 
 
 TOKENIZER_TEXTS = [
