@@ -21,20 +21,44 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch.utils.checkpoint import checkpoint
 
 # -----------------------------------------------------------------------------
 # config
 
-# config.json keys whose value we rely on: a checkpoint with another value is a different
-# architecture, and silently running it with ours would give garbage.
-REQUIRED_CONFIG_VALUES = {
-    "block_type": "llama", "activation_type": "silu", "layer_norm_type": "rms",
-    "include_bias": False, "weight_tying": False, "alibi": False, "rope": True,
-    "scale_logits": False, "attention_layer_norm": False,
+# config.json, key by key (LLaDA-8B's file has 45 keys):
+# - read: the LLaDAConfig fields below. Each must be present with a value of the right type and
+#   range, except n_kv_heads and embedding_size (null or absent: n_heads and vocab_size, as in
+#   LLaDA's configuration_llada.py).
+# - checked: REQUIRED_CONFIG_VALUES and the dropouts. Their value changes the computation and this
+#   model implements one: any other value is refused (running another architecture as ours would
+#   give garbage); an absent key is taken to have our value. Nonzero dropout is refused only
+#   when training (we have no dropout; evaluation is the same with or without it).
+# - only kept: everything else (model_type, auto_map, init_*, precision, use_cache, ...), written
+#   back on save. A model built from scratch writes LLADA_CONFIG_KEYS too, so that Hugging Face
+#   loads its checkpoint with LLaDA's modeling_llada.py and computes what we compute.
+REQUIRED_CONFIG_VALUES = {  # a tuple lists every accepted value, the first is the one we write
+    "block_type": "llama", "activation_type": "silu", "layer_norm_type": "rms", "layer_norm_with_affine": True,
+    "include_bias": False, "include_qkv_bias": False, "bias_for_layer_norm": (False, None),  # null: = include_bias
+    "weight_tying": False, "alibi": False, "rope": True, "rope_full_precision": True, "scale_logits": False,
+    "attention_layer_norm": False, "input_emb_norm": False, "clip_qkv": None, "multi_query_attention": (None, False),
 }
+DROPOUT_KEYS = ("attention_dropout", "residual_dropout", "embedding_dropout")
+# LLaDA-8B's values of the keys we only keep (its config.json, less "transformers_version", which
+# names the library that wrote the file). Hugging Face needs model_type and auto_map to find the
+# remote code; mlp_ratio is unused while mlp_hidden_size is set.
+LLADA_CONFIG_KEYS = {
+    "model_type": "llada", "architectures": ["LLaDAModelLM"],
+    "auto_map": {"AutoConfig": "configuration_llada.LLaDAConfig", "AutoModelForCausalLM": "modeling_llada.LLaDAModelLM",
+                 "AutoModel": "modeling_llada.LLaDAModelLM"},
+    "alibi_bias_max": 8.0, "attention_layer_norm_with_affine": True, "block_group_size": 1, "flash_attention": False,
+    "init_cutoff_factor": None, "init_device": "meta", "init_fn": "mitchell", "init_std": 0.02, "mlp_ratio": 4,
+    "precision": "amp_bf16", "use_cache": False, **{k: 0.0 for k in DROPOUT_KEYS},
+}
+OPTIONAL_KEYS = ("n_kv_heads", "embedding_size")  # null or absent: n_heads, vocab_size
+TOKEN_ID_KEYS = ("mask_token_id", "eos_token_id", "pad_token_id")
 
 
 @dataclass
@@ -63,32 +87,66 @@ class LLaDAConfig:
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"{path}: config.json not found (expected a LLaDA checkpoint directory)")
-        try:
-            raw = json.loads(path.read_text())
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{path}: not valid JSON ({e})") from None
+        raw = read_json(path)
+        show = lambda v: json.dumps(v)  # values as the file writes them: true, null, "192"
         for key, want in REQUIRED_CONFIG_VALUES.items():
-            if key in raw and raw[key] != want:
-                raise ValueError(f"{path}: key '{key}' is {raw[key]!r}, only {want!r} is supported")
-        names = {f.name for f in fields(cls)} - {"extra"}
-        if raw.get("n_kv_heads") is None:  # LLaDA/OLMo configs write null for "same as n_heads"
-            raw["n_kv_heads"] = raw.get("n_heads")
-        missing = [k for k in ("d_model", "n_layers", "n_heads", "mlp_hidden_size", "vocab_size") if raw.get(k) is None]
+            accepted = want if isinstance(want, tuple) else (want,)
+            if key in raw and raw[key] not in accepted:
+                raise ValueError(f"{path}: key '{key}' is {show(raw[key])}; this model implements only "
+                                 f"{' or '.join(show(a) for a in accepted)}")
+        for key in DROPOUT_KEYS:
+            v = raw.get(key, 0.0)
+            if not (isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v < 1):
+                raise ValueError(f"{path}: key '{key}' is {show(v)}, expected a number in [0, 1)")
+        names = [f.name for f in fields(cls) if f.name != "extra"]
+        missing = [k for k in names if raw.get(k) is None and k not in OPTIONAL_KEYS]
         if missing:
             raise ValueError(f"{path}: missing required keys {missing}")
+        for key in names:
+            v = raw.get(key)
+            if v is None:
+                continue
+            number = isinstance(v, (int, float)) and not isinstance(v, bool)
+            if key in ("rope_theta", "rms_norm_eps"):
+                if not (number and math.isfinite(v) and v > 0):
+                    raise ValueError(f"{path}: key '{key}' is {show(v)}, expected a positive number")
+            elif not (number and isinstance(v, int) and (v >= 0 if key in TOKEN_ID_KEYS else v > 0)):
+                raise ValueError(f"{path}: key '{key}' is {show(v)}, expected a "
+                                 f"{'non-negative' if key in TOKEN_ID_KEYS else 'positive'} integer")
         kwargs = {k: raw[k] for k in names if raw.get(k) is not None}
+        kwargs.setdefault("n_kv_heads", kwargs["n_heads"])
+        kwargs.setdefault("embedding_size", kwargs["vocab_size"])
         cfg = cls(**kwargs, extra={k: v for k, v in raw.items() if k not in names})
-        if cfg.d_model % cfg.n_heads or cfg.n_heads % cfg.n_kv_heads:
-            raise ValueError(f"{path}: d_model {cfg.d_model} must divide by n_heads {cfg.n_heads}, "
-                             f"and n_heads by n_kv_heads {cfg.n_kv_heads}")
+        if cfg.d_model % cfg.n_heads or cfg.n_heads % cfg.n_kv_heads or cfg.head_dim % 2:
+            raise ValueError(f"{path}: d_model {cfg.d_model} must divide by n_heads {cfg.n_heads} into an even "
+                             f"head dim (RoPE rotates pairs), and n_heads by n_kv_heads {cfg.n_kv_heads}")
         if cfg.embedding_size < cfg.vocab_size:
             raise ValueError(f"{path}: embedding_size {cfg.embedding_size} < vocab_size {cfg.vocab_size}")
+        for key in TOKEN_ID_KEYS:
+            if getattr(cfg, key) >= cfg.vocab_size:
+                raise ValueError(f"{path}: key '{key}' is {getattr(cfg, key)}, expected an id below vocab_size {cfg.vocab_size}")
         return cfg
 
     def to_json_dict(self):
-        out = {**REQUIRED_CONFIG_VALUES, "architectures": ["LLaDAModelLM"], **self.extra}
+        """LLaDA's full key set: the keys this config was loaded with, the ones it lacks at
+        LLaDA-8B's values (LLADA_CONFIG_KEYS, REQUIRED_CONFIG_VALUES), and the fields."""
+        implemented = {k: v[0] if isinstance(v, tuple) else v for k, v in REQUIRED_CONFIG_VALUES.items()}
+        out = {**LLADA_CONFIG_KEYS, **implemented, **self.extra}
         out.update({f.name: getattr(self, f.name) for f in fields(self) if f.name != "extra"})
-        return out
+        return dict(sorted(out.items()))  # key order as LLaDA's file
+
+
+def read_json(path):
+    """A JSON object from a file, or one error naming the file (binary, invalid JSON, not an object)."""
+    try:
+        value = json.loads(Path(path).read_bytes().decode("utf-8"))
+    except UnicodeDecodeError:
+        raise ValueError(f"{path}: not UTF-8 text (a binary file?), expected JSON") from None
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}: not valid JSON ({e})") from None
+    if not isinstance(value, dict):
+        raise ValueError(f"{path}: expected a JSON object, found a {type(value).__name__}")
+    return value
 
 # -----------------------------------------------------------------------------
 # the network
@@ -171,6 +229,7 @@ class LLaDA(nn.Module):
             ff_out=nn.Linear(cfg.d_model, cfg.embedding_size, bias=False),  # untied output head
         ))
         self.activation_checkpointing = False
+        self.nonzero_dropout = {k: cfg.extra[k] for k in DROPOUT_KEYS if cfg.extra.get(k)}
         self.source_dir = None  # checkpoint directory whose tokenizer files save_pretrained copies
         for name, p in self.named_parameters():
             if p.dim() == 2:  # random init for from-scratch training; from_pretrained overwrites it
@@ -186,6 +245,9 @@ class LLaDA(nn.Module):
         and decoding and RL never need the prompt's logits. Returns (B, T or K, embedding_size).
         """
         B, T = input_ids.shape
+        if self.nonzero_dropout and self.training and torch.is_grad_enabled():
+            raise ValueError(f"config.json sets {self.nonzero_dropout}: this model has no dropout, so it cannot train "
+                             f"as that config says (set the keys to 0.0 to train without dropout)")
         if attention_mask is None:
             positions = torch.arange(T, device=input_ids.device).expand(B, T)
             attn_mask = None  # lets SDPA pick its flash kernel
@@ -235,7 +297,7 @@ class LLaDA(nn.Module):
                 shard_path = path / shard
                 if not shard_path.is_file():
                     raise FileNotFoundError(f"{shard_path}: shard named in the index is missing")
-                with safe_open(shard_path, framework="pt", device="cpu") as f:
+                with open_safetensors(shard_path) as f:
                     names = set(f.keys())
                     for name in [n for n, s in weight_map.items() if s == shard]:
                         if name not in names:
@@ -246,7 +308,13 @@ class LLaDA(nn.Module):
                         if tuple(t.shape) != tuple(params[name].shape):
                             raise ValueError(f"{shard_path}: tensor '{name}' has shape {tuple(t.shape)}, "
                                              f"expected {tuple(params[name].shape)}")
+                        if t.dtype not in WEIGHT_DTYPES:  # an int or float8 tensor is not a weight we could use as is
+                            raise ValueError(f"{shard_path}: tensor '{name}' has dtype {t.dtype}, expected one of "
+                                             f"{', '.join(str(d) for d in WEIGHT_DTYPES)}")
                         params[name].copy_(t)
+                        if not bool(params[name].isfinite().all()):  # also catches overflow in the cast to `dtype`
+                            raise ValueError(f"{shard_path}: tensor '{name}' has NaN or inf values "
+                                             f"(in the file, or after the cast to {dtype})")
                         loaded.add(name)
         missing = sorted(set(params) - loaded)
         if missing:
@@ -261,22 +329,30 @@ class LLaDA(nn.Module):
 
 CKPT_PREFIX = "model."  # LLaDA's HF wrapper keeps the transformer under .model
 INDEX_NAME = "model.safetensors.index.json"
+WEIGHT_DTYPES = (torch.float32, torch.bfloat16, torch.float16, torch.float64)
 # files a save writes itself; everything else of the source directory (tokenizer, modeling_llada.py, ...) is copied
 WEIGHT_OR_STATE_FILE = re.compile(r"config\.json|train_state\.pt|model(-\d{5}-of-\d{5})?\.safetensors|model\.safetensors\.index\.json|pytorch_model.*\.bin")
+
+
+def open_safetensors(file):
+    """safe_open, with the file named when it is not a readable safetensors file (truncated, another format)."""
+    try:
+        return safe_open(file, framework="pt", device="cpu")
+    except SafetensorError as e:
+        raise ValueError(f"{file}: not a valid safetensors file ({e})") from None
 
 
 def _read_weight_map(path):
     index = path / INDEX_NAME
     if index.is_file():
-        try:
-            weight_map = json.loads(index.read_text())["weight_map"]
-        except (json.JSONDecodeError, KeyError) as e:
-            raise ValueError(f"{index}: expected JSON with a 'weight_map' key ({e!r})") from None
+        weight_map = read_json(index).get("weight_map")
+        if not isinstance(weight_map, dict):
+            raise ValueError(f"{index}: expected a 'weight_map' object (tensor name -> file)")
         return weight_map
     single = path / "model.safetensors"
     if not single.is_file():
         raise FileNotFoundError(f"{path}: neither {INDEX_NAME} nor model.safetensors found")
-    with safe_open(single, framework="pt", device="cpu") as f:
+    with open_safetensors(single) as f:
         return {name: single.name for name in f.keys()}
 
 
@@ -385,11 +461,10 @@ def load_tokenizer(path):
     file = path / "tokenizer.json" if path.is_dir() else path
     if not file.is_file():
         raise FileNotFoundError(f"{file}: tokenizer.json not found")
-    try:
-        spec = json.loads(file.read_text())
-        model = spec["model"]
-    except (json.JSONDecodeError, KeyError, TypeError) as e:
-        raise ValueError(f"{file}: not a Hugging Face tokenizer.json ({e!r})") from None
+    spec = read_json(file)
+    model = spec.get("model")
+    if not isinstance(model, dict):
+        raise ValueError(f"{file}: not a Hugging Face tokenizer.json (no 'model' object)")
     if model.get("type") != "BPE":
         _fail(file, f"model.type is {model.get('type')!r}, only 'BPE' is supported")
     if spec.get("normalizer") is not None:
@@ -426,7 +501,7 @@ def load_tokenizer(path):
         _fail(file, "some multi-byte vocab tokens are not the result of any merge")
     encoding = tiktoken.Encoding(name=path.name or "llada", pat_str=pattern, mergeable_ranks=ranks, special_tokens=added)
     config = path / "tokenizer_config.json"
-    cfg = json.loads(config.read_text()) if path.is_dir() and config.is_file() else {}
+    cfg = read_json(config) if path.is_dir() and config.is_file() else {}
     token = lambda v, default: (v.get("content") if isinstance(v, dict) else v) or default
     return Tokenizer(encoding, special, token(cfg.get("bos_token"), "<|startoftext|>"),
                      token(cfg.get("eos_token"), "<|endoftext|>"))

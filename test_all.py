@@ -168,7 +168,7 @@ def test_checkpoint_bad_input_errors(tmp_path):
     with pytest.raises(ValueError, match=r"ff_proj.weight' has shape \(48, 32\), expected \(64, 32\)"):
         M.LLaDA.from_pretrained(ck)
     (ck / "config.json").write_text(json.dumps({**cfg, "block_type": "sequential"}))
-    with pytest.raises(ValueError, match="block_type.*'sequential'"):
+    with pytest.raises(ValueError, match='block_type.*"sequential".*only "llama"'):
         M.LLaDA.from_pretrained(ck)
     (ck / "config.json").write_text("{not json")
     with pytest.raises(ValueError, match="config.json: not valid JSON"):
@@ -182,7 +182,7 @@ def test_tokenizer_bad_input_errors(tmp_path):
     with pytest.raises(FileNotFoundError, match="tokenizer.json"):
         M.load_tokenizer(tmp_path)
     (tmp_path / "tokenizer.json").write_text('{"model": {"type": "BPE", "vocab": {"a": 0}')
-    with pytest.raises(ValueError, match="tokenizer.json: not a Hugging Face tokenizer.json"):
+    with pytest.raises(ValueError, match="tokenizer.json: not valid JSON"):
         M.load_tokenizer(tmp_path)
     M.write_byte_tokenizer(tmp_path)
     spec = json.loads((tmp_path / "tokenizer.json").read_text())
@@ -192,6 +192,153 @@ def test_tokenizer_bad_input_errors(tmp_path):
     (tmp_path / "tokenizer.json").write_text(json.dumps({**spec, "pre_tokenizer": {"type": "Whitespace"}}))
     with pytest.raises(ValueError, match="pre_tokenizer type 'Whitespace'"):
         M.load_tokenizer(tmp_path)
+
+
+# ---- checkpoint config: Hugging Face's LLaDA keys, refused values, bad files named ----
+
+# LLaDA-8B-Instruct's config.json (as published) less its sizes and token ids, which are the model's
+# own, and "transformers_version", which names the library that wrote the file
+LLADA_8B_CONFIG = {
+    "activation_type": "silu", "alibi": False, "alibi_bias_max": 8.0, "architectures": ["LLaDAModelLM"],
+    "attention_dropout": 0.0, "attention_layer_norm": False, "attention_layer_norm_with_affine": True,
+    "auto_map": {"AutoConfig": "configuration_llada.LLaDAConfig", "AutoModelForCausalLM": "modeling_llada.LLaDAModelLM",
+                 "AutoModel": "modeling_llada.LLaDAModelLM"},
+    "bias_for_layer_norm": False, "block_group_size": 1, "block_type": "llama", "embedding_dropout": 0.0,
+    "flash_attention": False, "include_bias": False, "include_qkv_bias": False, "init_cutoff_factor": None,
+    "init_device": "meta", "init_fn": "mitchell", "init_std": 0.02, "input_emb_norm": False, "layer_norm_type": "rms",
+    "layer_norm_with_affine": True, "mlp_ratio": 4, "model_type": "llada", "multi_query_attention": None,
+    "precision": "amp_bf16", "residual_dropout": 0.0, "rope": True, "rope_full_precision": True, "scale_logits": False,
+    "use_cache": False, "weight_tying": False,
+}
+LLADA_SIZE_KEYS = ("d_model", "n_layers", "n_heads", "n_kv_heads", "mlp_hidden_size", "vocab_size", "embedding_size",
+                   "max_sequence_length", "rope_theta", "rms_norm_eps", "mask_token_id", "eos_token_id", "pad_token_id")
+
+
+def test_from_scratch_config_has_llada_keys_and_loaded_keys_are_kept(tmp_path):
+    """Hugging Face loads a LLaDA checkpoint through model_type + auto_map, and trains with the
+    dropouts of its config (0.1 by default): a from-scratch save writes LLaDA's full key set."""
+    model = tiny_model()
+    model.save_pretrained(tmp_path / "a")
+    written = json.loads((tmp_path / "a" / "config.json").read_text())
+    for key, value in LLADA_8B_CONFIG.items():
+        assert key in written and written[key] == value and type(written[key]) is type(value), key
+    for key in LLADA_SIZE_KEYS:
+        assert written[key] == getattr(model.config, key), key
+    # a loaded checkpoint keeps the values of its keys, the ones we only keep included
+    written.update(init_std=0.01, transformers_version="4.46.3", flash_attention=True, block_group_size=2)
+    (tmp_path / "a" / "config.json").write_text(json.dumps(written))
+    M.LLaDA.from_pretrained(tmp_path / "a").save_pretrained(tmp_path / "b")
+    assert json.loads((tmp_path / "b" / "config.json").read_text()) == written
+
+
+def tiny_checkpoint(tmp_path, **config_changes):
+    """A saved tiny model with config.json changed (None deletes a key)."""
+    ck = tmp_path / "ck"
+    if not ck.exists():
+        tiny_model().save_pretrained(ck)
+        M.write_byte_tokenizer(ck)
+    cfg = json.loads((ck / "config.json").read_text())
+    for k, v in config_changes.items():
+        cfg.pop(k) if v is None else cfg.update({k: v})
+    (ck / "config.json").write_text(json.dumps(cfg))
+    return ck
+
+
+@pytest.mark.parametrize("key, value, expected", [
+    ("input_emb_norm", True, "false"), ("rope_full_precision", False, "true"), ("include_qkv_bias", True, "false"),
+    ("layer_norm_with_affine", False, "true"), ("clip_qkv", 8.0, "null"), ("multi_query_attention", True, "null or false"),
+    ("bias_for_layer_norm", True, "false or null"), ("attention_layer_norm", True, "false"), ("rope", False, "true"),
+    ("activation_type", "swiglu", '"silu"')])
+def test_config_values_we_do_not_implement_are_refused(tmp_path, key, value, expected):
+    with pytest.raises(ValueError, match=f"config.json: key '{key}' is {re.escape(json.dumps(value))}; "
+                                         f"this model implements only {re.escape(expected)}$"):
+        M.LLaDA.from_pretrained(tiny_checkpoint(tmp_path, **{key: value}))
+
+
+def test_nonzero_dropout_is_refused_when_training_only(tmp_path):
+    model = M.LLaDA.from_pretrained(tiny_checkpoint(tmp_path, residual_dropout=0.1))
+    ids = torch.randint(0, 256, (1, 6))
+    with torch.no_grad():
+        torch.testing.assert_close(model(ids), tiny_model()(ids))  # evaluation: the same with or without dropout
+    with pytest.raises(ValueError, match="residual_dropout.*0.1.*no dropout"):
+        model.train()(ids)
+    with pytest.raises(ValueError, match="config.json: key 'attention_dropout' is 1.5, expected a number in"):
+        M.LLaDA.from_pretrained(tiny_checkpoint(tmp_path, residual_dropout=0.0, attention_dropout=1.5))
+
+
+def rewrite_tensor(ck, name, tensor):
+    from safetensors.torch import load_file, save_file
+    tensors = load_file(ck / "model.safetensors")
+    tensors[name] = tensor
+    save_file(tensors, ck / "model.safetensors")
+
+
+def test_bad_weights_and_missing_keys_are_refused_naming_them(tmp_path):
+    ck = tiny_checkpoint(tmp_path)
+    good = M.LLaDA.from_pretrained(ck).transformer.ln_f.weight.detach().clone()
+    name = "model.transformer.ln_f.weight"
+    for bad, what in ((float("nan"), "NaN or inf"), (float("inf"), "NaN or inf")):
+        rewrite_tensor(ck, name, torch.where(torch.arange(len(good)) == 3, bad, good))
+        with pytest.raises(ValueError, match=f"model.safetensors: tensor '{name}' has {what}"):
+            M.LLaDA.from_pretrained(ck)
+    rewrite_tensor(ck, name, good * 1e5)  # finite in float32, inf in float16
+    M.LLaDA.from_pretrained(ck)
+    with pytest.raises(ValueError, match=f"tensor '{name}' has NaN or inf.*float16"):
+        M.LLaDA.from_pretrained(ck, dtype=torch.float16)
+    for dtype in (torch.int32, torch.bool, torch.float8_e4m3fn):
+        rewrite_tensor(ck, name, good.to(dtype))
+        with pytest.raises(ValueError, match=f"tensor '{name}' has dtype {dtype}, expected one of"):
+            M.LLaDA.from_pretrained(ck)
+    rewrite_tensor(ck, name, good)
+    for key in ("mask_token_id", "eos_token_id", "rope_theta", "max_sequence_length"):
+        with pytest.raises(ValueError, match=f"config.json: missing required keys \\['{key}'\\]"):
+            M.LLaDA.from_pretrained(tiny_checkpoint(tmp_path, **{key: None}))
+        tiny_checkpoint(tmp_path, **{key: getattr(tiny_config(), key)})
+    # null or absent n_kv_heads / embedding_size mean n_heads / vocab_size, as in LLaDA's configuration
+    cfg = {k: v for k, v in json.loads((ck / "config.json").read_text()).items() if k != "embedding_size"}
+    (tmp_path / "config.json").write_text(json.dumps({**cfg, "n_kv_heads": None}))
+    loaded = M.LLaDAConfig.from_json(tmp_path / "config.json")
+    assert (loaded.n_kv_heads, loaded.embedding_size) == (cfg["n_heads"], cfg["vocab_size"])
+
+
+@pytest.mark.parametrize("changes, message", [
+    (dict(d_model="192"), "key 'd_model' is \"192\", expected a positive integer"),
+    (dict(n_heads=0), "key 'n_heads' is 0, expected a positive integer"),
+    (dict(n_layers=2.5), "key 'n_layers' is 2.5, expected a positive integer"),
+    (dict(vocab_size=True), "key 'vocab_size' is true, expected a positive integer"),
+    (dict(rope_theta="1e4"), "key 'rope_theta' is \"1e4\", expected a positive number"),
+    (dict(rms_norm_eps=-1e-5), "key 'rms_norm_eps' is -1e-05, expected a positive number"),
+    (dict(mask_token_id=-1), "key 'mask_token_id' is -1, expected a non-negative integer"),
+    (dict(mask_token_id=262), "key 'mask_token_id' is 262, expected an id below vocab_size 262"),
+    (dict(d_model=36), "d_model 36 must divide by n_heads 4 into an even head dim"),
+])
+def test_config_types_and_ranges_name_the_key(tmp_path, changes, message):
+    with pytest.raises(ValueError, match="config.json: " + re.escape(message)):
+        M.LLaDA.from_pretrained(tiny_checkpoint(tmp_path, **changes))
+
+
+def test_unreadable_files_name_themselves(tmp_path):
+    ck = tiny_checkpoint(tmp_path)
+    weights = (ck / "model.safetensors").read_bytes()
+    (ck / "model.safetensors").write_bytes(weights[:len(weights) // 2])
+    with pytest.raises(ValueError, match="model.safetensors: not a valid safetensors file"):
+        M.LLaDA.from_pretrained(ck)
+    (ck / "model.safetensors").write_bytes(weights)
+    config = (ck / "config.json").read_text()
+    (ck / "config.json").write_text(json.dumps([json.loads(config)]))
+    with pytest.raises(ValueError, match="config.json: expected a JSON object, found a list"):
+        M.LLaDA.from_pretrained(ck)
+    binary = bytes(range(128, 256)) * 4
+    for name in ("config.json", "tokenizer.json", "tokenizer_config.json"):
+        original = (ck / name).read_text() if name != "config.json" else config
+        (ck / name).write_bytes(binary)
+        load = M.LLaDA.from_pretrained if name == "config.json" else M.load_tokenizer
+        with pytest.raises(ValueError, match=f"{name}: not UTF-8 text"):
+            load(ck)
+        (ck / name).write_text(original)
+    (ck / "tokenizer_config.json").write_text('{"bos_token": ')
+    with pytest.raises(ValueError, match="tokenizer_config.json: not valid JSON"):
+        M.load_tokenizer(ck)
 
 
 TOKENIZER_TEXTS = [
@@ -1021,10 +1168,11 @@ def test_just_grpo_stacked_equals_per_token_loop():
     model = tiny_model().train()
     mb = fixed_rollout(model, "just_grpo")
     n_nonzero = float((mb["adv"] != 0).sum())
+    mb["scale"] = RL.just_grpo_scale(mb["adv"], len(mb["x"]), mb["L"], world=1)  # one group
     results = []
     for stack in (1, 5, 64):
         model.zero_grad()
-        s = RL.just_grpo_loss(model, mb, rl_config(algo="just_grpo", stack=stack), n_nonzero)
+        s = RL.just_grpo_loss(model, mb, rl_config(algo="just_grpo", stack=stack))
         results.append((s["loss"], grads_of(model)))
     # naive: the published loop, one forward per (sequence, token)
     model.zero_grad()
@@ -1045,15 +1193,16 @@ def test_just_grpo_stacked_equals_per_token_loop():
 def test_just_grpo_position_options_select_the_right_positions():
     model = tiny_model().train()
     mb = fixed_rollout(model, "just_grpo")
-    assert RL.just_grpo_loss(model, mb, rl_config(algo="just_grpo"), 3.0)["tokens"] == 3 * mb["L"]  # row 0 has A = 0
+    mb["scale"] = torch.ones(len(mb["x"]))
+    assert RL.just_grpo_loss(model, mb, rl_config(algo="just_grpo"))["tokens"] == 3 * mb["L"]  # row 0 has A = 0
     mb["adv"][0] = 0.5
     eos = model.config.eos_token_id
     mb["x"][1, mb["P"] + 3] = eos  # first EOS of row 1 at slot 3: slots 4..7 are its tail
     cfg = rl_config(algo="just_grpo", skip_eos_tail=True)
-    s = RL.just_grpo_loss(model, mb, cfg, 3.0)
+    s = RL.just_grpo_loss(model, mb, cfg)
     tails = sum(mb["L"] - 1 - int((row == eos).float().argmax()) for row in mb["x"][:, mb["P"]:] if (row == eos).any())
     assert s["tokens"] == 4 * mb["L"] - tails
-    s = RL.just_grpo_loss(model, mb, rl_config(algo="just_grpo", top_entropy=0.25), 3.0)
+    s = RL.just_grpo_loss(model, mb, rl_config(algo="just_grpo", top_entropy=0.25))
     assert s["tokens"] == 4 * 2
     # the recorded entropy is that of the sampling distribution at the committed slot
     P, t = mb["P"], 5
@@ -1094,6 +1243,107 @@ def test_diffu_grpo_loss_and_gradient_equal_naive():
     total.backward()
     assert abs(stats["loss"] - total.item()) < 1e-5
     assert_grads_close(fast, grads_of(model))
+
+
+# ---- reference match: diffu-GRPO's KL gradient, JustGRPO's per-group scale ----
+
+
+def diffu_naive_loss(model, ref, mb, iteration, beta):
+    """d1's objective in float64, one model call per sequence: the mean over completion tokens up
+    to and including the first EOS of -(min(rho A, clip(rho) A) - beta k3(logp, ref_logp)),
+    on-policy (rho = exp(lp - lp.detach()))."""
+    P, eos, terms = mb["P"], model.config.eos_token_id, []
+    for b in range(len(mb["x"])):
+        seq = mb["x"][b].clone()
+        seq[P:] = model.config.mask_token_id
+        seq[:P][mb["prompt_masks"][b, iteration]] = model.config.mask_token_id
+        lps = []
+        for m in (model, ref):
+            logits = m(seq[None], attention_mask=mb["attn"][b][None])[0].double()
+            lps.append(torch.log_softmax(logits.masked_fill(banned_ids(m.config, logits.device), -math.inf), -1))
+        for t in range(mb["L"]):
+            token = mb["x"][b, P + t]
+            lp, ref_lp = lps[0][P + t, token], lps[1][P + t, token].detach()
+            rho, a = torch.exp(lp - lp.detach()), mb["adv"][b].double()
+            kl = torch.exp(ref_lp - lp) - (ref_lp - lp) - 1
+            terms.append(torch.min(rho * a, torch.clamp(rho, 0.8, 1.2) * a) - beta * kl)
+            if token == eos:
+                break
+    return -torch.stack(terms).mean()
+
+
+def test_diffu_grpo_kl_term_carries_gradient():
+    """With beta > 0 the KL to the frozen reference must move the weights (d1's trainer backpropagates
+    it); loss and gradient equal the naive float64 objective that includes it."""
+    model, ref = tiny_model().double().train(), tiny_model(seed=1).double()
+    mb = fixed_rollout(model, "diffu_grpo")
+    mb["prompt_masks"] = RL.diffu_mask(mb["attn"][:, :mb["P"]], 0.3, 1)[:, None]  # (B, mu = 1, P)
+    cfg = rl_config(algo="diffu_grpo", num_iterations=1, beta=0.5)
+    model.zero_grad()
+    stats = RL.diffu_grpo_loss(model, ref, mb, 0, cfg, n_micro=1)
+    fast = grads_of(model)
+    model.zero_grad()
+    total = diffu_naive_loss(model, ref, mb, 0, cfg.beta)
+    total.backward()
+    assert stats["kl"] > 0.01
+    assert_grads_close(fast, grads_of(model), rtol=1e-9, atol=1e-12)
+    assert abs(stats["loss"] - total.item()) < 1e-10
+
+
+class GradCatcher:
+    """An optimizer stand-in keeping the gradient train_on_rollout steps with."""
+
+    def __init__(self, model):
+        self.model, self.grads = model, None
+
+    def step(self):
+        self.grads = grads_of(self.model)
+
+    def zero_grad(self, set_to_none=True):
+        self.model.zero_grad(set_to_none=set_to_none)
+
+
+def just_grpo_groups_rollout(model, G=8, L=6, nonzero=(8, 4, 2)):
+    """One rollout of len(nonzero) groups of G; group g has nonzero[g] completions with A != 0."""
+    batch = fixed_rollout(model, "just_grpo", n=G * len(nonzero), L=L)
+    adv = torch.randn(G * len(nonzero), dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    for g, n in enumerate(nonzero):
+        adv[g * G + n:(g + 1) * G] = 0.0
+    batch["adv"] = adv
+    return batch
+
+
+def just_grpo_gradient(model, batch, G, micro_batch, stack):
+    model.zero_grad(set_to_none=True)
+    opt = GradCatcher(model)
+    cfg = rl_config(algo="just_grpo", group_size=G, micro_batch=micro_batch, stack=stack, num_iterations=1,
+                    grad_clip=1e30)
+    RL.train_on_rollout(model, None, opt, dict(batch), cfg, world=1)
+    return opt.grads
+
+
+def test_just_grpo_normalises_per_group_whatever_the_micro_batch():
+    """JustGRPO's unit is one prompt group: group g's token losses are scaled by 1 / (L (n_g + 1e-5)).
+    Micro-batches of G, 2G, 3 (not dividing G) and several --stack give the naive per-group gradient."""
+    G = 8
+    model = tiny_model().double().train()
+    batch = just_grpo_groups_rollout(model, G)
+    P, L = batch["P"], batch["L"]
+    model.zero_grad()
+    total = 0.0
+    for g in range(len(batch["x"]) // G):
+        members = range(g * G, (g + 1) * G)
+        n_g = sum(float(batch["adv"][j] != 0) for j in members)
+        for j in members:
+            for t in range(L):
+                state = batch["x"][j].clone()
+                state[P + t:] = model.config.mask_token_id  # AR order: slot t is committed at step t
+                lp = naive_logp(model, state, batch["attn"][j], P + t, batch["x"][j, P + t])
+                total = total - batch["adv"][j] * lp / (L * (n_g + 1e-5))
+    total.backward()
+    naive = grads_of(model)
+    for micro_batch, stack in ((G, 64), (2 * G, 64), (3, 64), (3, 5), (2 * G, 1), (3 * G, 7)):
+        assert_grads_close(just_grpo_gradient(model, batch, G, micro_batch, stack), naive, rtol=1e-9, atol=1e-13)
 
 
 def test_group_advantages():

@@ -111,9 +111,10 @@ def token_logp(model, x, attn, positions, tokens, temperature):
 
 
 def sampling_logp(logits, tokens, config, temperature):
-    """log_softmax(logits / T)[token] in float32 with the ids sample.py never draws excluded
-    (T = 0 means greedy: the untempered distribution, as the trajectory stores)."""
-    logits = logits.float().masked_fill(banned_ids(config, logits.device), -math.inf)
+    """log_softmax(logits / T)[token] in float32 (float64 for a float64 model) with the ids
+    sample.py never draws excluded (T = 0 means greedy: the untempered distribution, as the
+    trajectory stores)."""
+    logits = logits.to(torch.promote_types(logits.dtype, torch.float32)).masked_fill(banned_ids(config, logits.device), -math.inf)
     return torch.log_softmax(logits / (temperature or 1.0), -1).gather(-1, tokens[..., None])[..., 0]
 
 
@@ -151,12 +152,27 @@ def cj_grpo_loss(model, ref, mb, cfg, n_micro):
     return stats
 
 
-def just_grpo_loss(model, mb, cfg, n_nonzero):
-    """JustGRPO, one micro-batch. Token t of completion o is scored on the input the AR rollout
-    saw (prompt + o_<t + masks): loss = -sum_t A log p(o_t | ...) / (L (n + 1e-5)), n = number of
-    completions with A != 0. As published the ratio is exp(logp - logp.detach()) == 1, so the
-    clip never acts and this is REINFORCE with the group baseline: we write it that way.
-    Positions share forwards: each (sequence, position) pair is one row of a stacked batch."""
+def just_grpo_scale(adv, group_size, L, world):
+    """JustGRPO's normalisation, one prompt group at a time (its micro-step is one prompt x G
+    completions per rank): every token loss of group g is scaled by 1 / (L (n_g + 1e-5)),
+    n_g = completions of g with A != 0, averaged over ranks at the same group index (every rank
+    holds as many groups, and a group never spans processes). Per sequence, so that no split into
+    micro-batches or stacked forwards changes the gradient."""
+    n = (adv.view(-1, group_size) != 0).sum(1).to(adv.dtype)
+    if dist.is_initialized():
+        dist.all_reduce(n)
+        n /= world
+    return (1.0 / (L * (n + 1e-5))).repeat_interleave(group_size)
+
+
+def just_grpo_loss(model, mb, cfg):
+    """JustGRPO, one micro-batch. Token t of completion o_j is scored on the input the AR rollout
+    saw (prompt + o_<t + masks):
+        loss = -sum_groups g sum_{j in g} sum_t A_j log p(o_jt | ...) / (L (n_g + 1e-5))
+    (mb["scale"], see just_grpo_scale), summed over micro-batches. As published the ratio is
+    exp(logp - logp.detach()) == 1, so the clip never acts and this is REINFORCE with the group
+    baseline: we write it that way. Positions share forwards: each (sequence, position) pair is
+    one row of a stacked batch."""
     P, L = mb["P"], mb["L"]
     train = (mb["step_of"][:, P:] >= 0) & (mb["adv"] != 0)[:, None]  # A = 0 rows have no gradient
     if cfg.skip_eos_tail:  # after the first EOS a trained model is near certain: little gradient
@@ -168,7 +184,6 @@ def just_grpo_loss(model, mb, cfg, n_nonzero):
         top = mb["entropy"][:, P:].topk(k, dim=1).indices
         train &= torch.zeros_like(train).scatter_(1, top, True)
     rows, slots = train.nonzero(as_tuple=True)
-    scale = 1.0 / (L * (n_nonzero + 1e-5))
     total = 0.0
     n_chunks = torch.tensor(-(-len(rows) // cfg.stack), device=rows.device)
     if dist.is_initialized():  # FSDP: every rank must run as many forwards as the busiest one
@@ -183,7 +198,7 @@ def just_grpo_loss(model, mb, cfg, n_nonzero):
         with autocast(mb["device"]):
             logits = model(state, attention_mask=mb["attn"][r], logits_slice=(P + s)[:, None])
         logp = sampling_logp(logits[:, 0], mb["x"][r, P + s], model.config, cfg.temperature)
-        loss = -(mb["adv"][r] * logp).sum() * scale * weight
+        loss = -(mb["adv"][r] * mb["scale"][r] * logp).sum() * weight
         loss.backward()  # summed, not averaged, over micro-batches (as published)
         total += loss.item()
     return dict(loss=total, clipped=0.0, kl=0.0, tokens=len(rows))
@@ -229,7 +244,8 @@ def diffu_grpo_loss(model, ref, mb, iteration, cfg, n_micro):
     kl_mean = 0.0
     if ref is not None:
         with torch.no_grad():
-            kl = k3_kl(logp, diffu_grpo_logp(ref, mb, iteration, cfg))
+            ref_logp = diffu_grpo_logp(ref, mb, iteration, cfg)
+        kl = k3_kl(logp, ref_logp)  # the gradient flows through logp, as in cj_grpo_loss
         obj = obj - cfg.beta * kl
         kl_mean = ((kl * keep).sum() / keep.sum()).item()
     loss = -(obj * keep).sum() / keep.sum()
@@ -328,6 +344,8 @@ def train_on_rollout(model, ref, optimizer, batch, cfg, world):
     """num_iterations updates on one rollout batch; returns averaged stats."""
     stats = dict(loss=0.0, clipped=0.0, kl=0.0, tokens=0, skipped=0)
     n_micro = math.ceil(len(batch["x"]) / cfg.micro_batch)
+    if cfg.algo == "just_grpo":
+        batch["scale"] = just_grpo_scale(batch["adv"], cfg.group_size, batch["L"], world)
     for it in range(cfg.num_iterations):
         for mb in micro_batches(batch, cfg.micro_batch):
             if cfg.algo == "cj_grpo":
@@ -335,13 +353,9 @@ def train_on_rollout(model, ref, optimizer, batch, cfg, world):
             elif cfg.algo == "diffu_grpo":
                 s = diffu_grpo_loss(model, ref, mb, it, cfg, n_micro)
             else:
-                n_nonzero = torch.tensor(float((mb["adv"] != 0).sum()), device=mb["device"])
-                if dist.is_initialized():  # averaged over ranks, as published
-                    dist.all_reduce(n_nonzero)
-                    n_nonzero /= world
-                s = just_grpo_loss(model, mb, cfg, n_nonzero.item())
-            for k in ("loss", "clipped", "kl"):
-                stats[k] += s[k] / (n_micro * cfg.num_iterations)
+                s = just_grpo_loss(model, mb, cfg)
+            for k in ("loss", "clipped", "kl"):  # JustGRPO's loss is a sum over micro-batches, the others a mean
+                stats[k] += s[k] / ((1 if cfg.algo == "just_grpo" else n_micro) * cfg.num_iterations)
             stats["tokens"] += s["tokens"]
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
         grad_norm = grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm  # FSDP: a DTensor
