@@ -61,7 +61,7 @@ class ClaimsConfig:
     n_test: int = 1000                # test problems per task (evaluation claims and RL scores)
     batch_size: int = 1000            # problems per generate() call
     # the testbed model (train_sft.py)
-    sft_steps: int = 1500
+    sft_steps: int = 2000
     sft_batch: int = 256
     sft_lr: float = 6e-4
     d_model: int = 384                # ~14M parameters, 29 MB in bf16
@@ -88,8 +88,8 @@ class ClaimsConfig:
 
 def quick_overrides(c):
     """A pipeline check in about two minutes on two CPU cores; its numbers mean nothing."""
-    for k, v in dict(model=f"{c.work_dir}/testbed", results_dir=f"{c.work_dir}/results", device="cpu", n_test=16,
-                     batch_size=16, sft_steps=12, sft_batch=8, sft_lr=1e-3, d_model=32, n_layers=2, n_heads=2,
+    for k, v in dict(model=f"{c.work_dir}/testbed", results_dir=f"{c.work_dir}/results", device="cpu", n_test=8,
+                     batch_size=8, sft_steps=12, sft_batch=8, sft_lr=1e-3, d_model=32, n_layers=2, n_heads=2,
                      mlp_hidden_size=64, window=128, passk_problems=4, passk_samples=4, seeds="0", rl_steps=2, rl_n_test=8,
                      rl_prompts=2, rl_group=2, rl_eval_every=1, rl_eval_n=4, jobs=2).items():
         setattr(c, k, v)
@@ -188,12 +188,12 @@ def summary(res, L):
                 seconds=res["seconds"], correct="".join(map(str, res["correct"])))
 
 
-def schedule_grid(L):
+def schedule_grid(L, quick=False):
     """(family, label, generate kwargs): full diffusion, semi-AR and ASS, each with and without EOSER,
     over step counts from log2(L) to L/2, plus AR order and the adaptive decoders."""
     S, nb = L.bit_length() - 1, L // 32
     grid = []
-    for steps in sorted({S, L // 8, L // 4, L // 2}):
+    for steps in sorted({S, L // 2} if quick else {S, L // 8, L // 4, L // 2}):
         grid += [("full diffusion", f"linear, {steps} steps", dict(schedule="linear", steps=steps)),
                  ("full diffusion + EOSER", f"linear + EOSER, {steps} steps", dict(schedule="linear", steps=steps, eoser=True))]
         semi = max(nb, steps // nb * nb)  # semi-AR needs a whole number of steps per 32-slot block
@@ -226,7 +226,7 @@ def stage_sft(c, device):
     run = Path(c.work_dir) / "sft"
     if run.exists():  # a stage that did not finish: its folder is ours to redo
         shutil.rmtree(run)
-    every = max(1, c.sft_steps // 6)
+    every = max(1, c.sft_steps // 5)
     cmd = [sys.executable, str(ROOT / "train_sft.py"), "--out_dir", str(run), "--tasks", "sudoku,countdown,arithmetic",
            "--gen_length", str(c.window), "--d_model", str(c.d_model), "--n_layers", str(c.n_layers),
            "--n_heads", str(c.n_heads), "--mlp_hidden_size", str(c.mlp_hidden_size), "--max_sequence_length", "1024",
@@ -250,14 +250,18 @@ def stage_sft(c, device):
 def stage_eval(c, device):
     model, tok = load_model(c, device)
     Ls = [128] if c.quick else [128, 256]
-    out = []
+    partial = Path(c.work_dir) / "eval_partial.json"  # a stage cut short goes on from the last finished (task, L)
+    out = json.loads(partial.read_text()) if partial.is_file() else []
     for task_name in ("sudoku", "countdown", "arithmetic"):
         task = get_task(task_name)
         examples = task.generate(c.n_test, seed=1)
         for L in Ls:
-            for family, label, kw in tqdm(schedule_grid(L), desc=f"{task_name} L={L}"):
+            if any(r["task"] == task_name and r["L"] == L for r in out):
+                continue
+            for family, label, kw in tqdm(schedule_grid(L, c.quick), desc=f"{task_name} L={L}"):
                 res = run_decoder(model, tok, task, examples, L, kw, device, c.batch_size)
                 out.append(dict(task=task_name, L=L, family=family, schedule=label, **summary(res, L)))
+            partial.write_text(json.dumps(out))
     return dict(rows=out)
 
 
