@@ -432,7 +432,10 @@ def main(argv=None):
         p.error(f"--model {a.model}: no such directory (expected a LLaDA checkpoint directory; the bundled one is "
                 f"checkpoints/llada-tiny, from the repository root; --random_model for a random-weight demo)")
     else:
-        model, tok = load(a.model, a.device, dtype)
+        try:
+            model, tok = load(a.model, a.device, dtype)
+        except (OSError, ValueError) as e:  # model.py's loading errors name the file and what was expected
+            p.error(f"--model {a.model}: {e}")
     torch.manual_seed(a.seed)
     style = "d1" if model.config.vocab_size > 100_000 else "compact"  # LLaDA-8B: d1 prompts; small models: compact
     task, n = None, max(a.eval, 1)

@@ -820,6 +820,8 @@ def test_cli_missing_model_path_is_an_error_naming_it(monkeypatch, capsys, tmp_p
     missing = str(tmp_path / "llada-tinyy")
     msg = cli_error(monkeypatch, capsys, "--model", missing, "--task", "sudoku", "--eval", "2", "--gen_length", "8")
     assert missing in msg and "--random_model" in msg
+    msg = cli_error(monkeypatch, capsys, "--model", str(tmp_path), "--eval", "2")  # a directory, but no checkpoint
+    assert str(tmp_path) in msg and "config.json" in msg
 
 
 @pytest.mark.parametrize("args, flag, allowed", [
