@@ -7,7 +7,7 @@ format (LLaDA's own config.json + safetensors names), and its tokenizer through 
     logits = model(torch.tensor([tok.chat_prompt("What is 2+2?")], device="cuda"))
 
 Reads top to bottom: config, RMSNorm and RoPE, the block, the model, loading and saving,
-the tokenizer. Definitions follow SPEC.md section 1. Simplifications: no KV cache (every step
+the tokenizer. Definitions follow DEFINITIONS.md section 1. Simplifications: no KV cache (every step
 of masked diffusion changes tokens everywhere, so there is nothing exact to cache), no dropout.
 """
 import json

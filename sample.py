@@ -1,5 +1,5 @@
 """
-Decode from a LLaDA masked diffusion LM with every schedule the RL papers use (SPEC.md section 2).
+Decode from a LLaDA masked diffusion LM with every schedule the RL papers use (DEFINITIONS.md section 2).
 
 Every generation slot starts as [MASK]. One step runs the model, takes a candidate token and a
 confidence for each masked slot of the current block, and commits the k most confident; committed
@@ -9,11 +9,12 @@ small pure function giving those numbers, and one step function serves them all:
   ass     (CJ-GRPO)  ascending step size: 2^i slots at step i, in block_num blocks
   eoser   (CJ-GRPO)  EOS early rejection on either: EOS confidences scaled by a rising gamma
   threshold, entropy_bound   beyond the papers: adaptive parallel decoding, fewer model calls
-Deviations from the reference code (marked (ours) in SPEC): float64 Gumbel noise only for the slots
+Deviations from the reference code (marked (ours) in DEFINITIONS.md): float64 Gumbel noise only for the slots
 being sampled; the mask token is never a candidate; left-padded batches use a key-padding mask;
 invalid arguments raise where LLaDA asserts or d1 silently drops steps. No KV cache (model.py says why).
 
     python sample.py --schedule ass --eoser                    # bundled small model, CPU, seconds
+    python sample.py --random_model --prompt "hi"              # random weights: noise, but no checkpoint needed
     python sample.py --model DIR --device cuda --prompt "What is 7*8?" --block_length 32
     python sample.py --task sudoku --eval 200 --batch_size 50 --schedule ass --eoser
 """
@@ -189,7 +190,7 @@ def denoise_step(model, x, attn, pos, k, gamma, d):
 
 @dataclass
 class Trajectory:
-    """A rollout, stored compactly (SPEC "The trajectory"): state x_i is the final x with every slot
+    """A rollout, stored compactly (DEFINITIONS.md 2.3, the trajectory): state x_i is the final x with every slot
     committed at step >= i masked. step_of counts a row's own steps: with the adaptive schedules rows take
     different numbers of steps (step_of.amax(1) + 1), and a row's states after its last are all final."""
     x: torch.Tensor        # (B, P+L) final tokens
@@ -216,11 +217,15 @@ class Trajectory:
         return [self.logp.masked_fill(self.step_of != i, 0.0) for i in range(self.num_steps)]
 
 
+class BadArgument(ValueError):
+    """A generate() argument outside its allowed values ("name: why"); the command line reports it as --name."""
+
+
 def check_args(cfg, B, P, L, steps, schedule, block_length, block_num, eoser, eos_min_gamma,
                eos_max_gamma, remasking, temperature, cfg_scale, threshold, entropy_bound, attention_mask):
     def need(ok, name, why):
         if not ok:
-            raise ValueError(f"{name}: {why}")
+            raise BadArgument(f"{name}: {why}")
     need(schedule in SCHEDULES, "schedule", f"{schedule!r} is not one of {SCHEDULES}")
     need(remasking in REMASKING, "remasking", f"{remasking!r} is not one of {REMASKING}")
     need(isinstance(L, int) and L >= 1, "gen_length", f"must be a positive int, got {L!r}")
@@ -327,14 +332,24 @@ def left_pad(seqs, pad_id, device=None):
 
 
 def load(path, device, dtype):
-    from model import LLaDA, byte_tokenizer, byte_tokenizer_config, load_tokenizer
-    if os.path.isdir(path):
-        return LLaDA.from_pretrained(path, device=device, dtype=dtype).eval(), load_tokenizer(path)
-    print(f"notice: no model at {path!r}: using a tiny RANDOM model with a byte-level tokenizer, "
-          f"so the output is noise (the bundled model is checkpoints/llada-tiny)", file=sys.stderr)
+    from model import LLaDA, load_tokenizer
+    return LLaDA.from_pretrained(path, device=device, dtype=dtype).eval(), load_tokenizer(path)
+
+
+def random_model(device, dtype):
+    """The explicit --random_model demo: tiny random weights and a byte-level tokenizer, so output is noise."""
+    from model import LLaDA, byte_tokenizer, byte_tokenizer_config
     torch.manual_seed(0)
     cfg = byte_tokenizer_config(d_model=64, n_layers=2, n_heads=4, n_kv_heads=4, mlp_hidden_size=128, max_sequence_length=512)
     return LLaDA(cfg).to(device=device, dtype=dtype).eval(), byte_tokenizer()
+
+
+def split_at_end(tok, row):
+    """A generation ends at its first <|eot_id|> or <|endoftext|> (DEFINITIONS.md 2.4): the text before it
+    and the text after it, special tokens removed. Rewards read both, joined (the references decode
+    the whole window)."""
+    end = next((j for j, t in enumerate(row) if t in (tok.eot_id, tok.eos_id)), len(row))
+    return tok.decode(row[:end], skip_special=True), tok.decode(row[end:], skip_special=True)
 
 
 def live_display(tok, P, mask_id):
@@ -352,33 +367,75 @@ def live_display(tok, P, mask_id):
     return draw
 
 
-def main():
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[1], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--model", default="checkpoints/llada-tiny", help="LLaDA checkpoint directory")
+def number(kind, low):
+    """argparse type: a number of `kind` >= low, else an error naming the allowed values."""
+    def parse(text):
+        try:
+            v = kind(text)
+        except ValueError:
+            v = None
+        if v is None or not v >= low:  # `not >=`: NaN fails too
+            raise argparse.ArgumentTypeError(f"expected {'an integer' if kind is int else 'a number'} >= {low}, got {text!r}")
+        return v
+    return parse
+
+
+def true_false(text):
+    """argparse type of the boolean flags: `--eoser` alone means true; a value must be true or false."""
+    if text.lower() not in ("true", "false"):
+        raise argparse.ArgumentTypeError(f"expected true or false (or no value, meaning true), got {text!r}")
+    return text.lower() == "true"
+
+
+class Help(argparse.ArgumentDefaultsHelpFormatter):
+    """Every flag's default in --help; a flag whose default is decided at run time says how in its help."""
+
+    def _get_help_string(self, action):
+        return action.help if action.default is None else super()._get_help_string(action)
+
+
+def main(argv=None):
+    from tasks import TASKS
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[1], formatter_class=Help)
+    p.add_argument("--model", default="checkpoints/llada-tiny", help="LLaDA checkpoint directory (config.json, safetensors, tokenizer.json)")
+    p.add_argument("--random_model", type=true_false, nargs="?", const=True, default=False, metavar="true|false",
+                   help="instead of --model: a tiny random-weight model with a byte tokenizer (its output is noise)")
     p.add_argument("--prompt", default=None, help="user text (chat template applied); default: a --task example")
-    p.add_argument("--task", default="sudoku", help="sudoku | countdown | gsm8k | math500")
-    p.add_argument("--data", default=None, help="task data file (JSONL / CSV) instead of generated examples")
-    p.add_argument("--eval", type=int, default=0, metavar="N", help="evaluate N held-out task examples")
-    p.add_argument("--batch_size", type=int, default=16, help="prompts per generate() call in --eval")
-    p.add_argument("--gen_length", type=int, default=None, help="default: 256 for LLaDA-8B, 64 (their training window) for small models")
-    p.add_argument("--steps", type=int, default=None, help="default: gen_length (linear), log2 gen_length (ass)")
-    p.add_argument("--schedule", default="linear", choices=SCHEDULES)
-    p.add_argument("--block_length", type=int, default=None, help="linear / adaptive block; default: the window")
-    p.add_argument("--block_num", type=int, default=1, help="ASS blocks")
-    p.add_argument("--eoser", action="store_true", help="EOS early rejection")
-    p.add_argument("--eos_min_gamma", type=float, default=0.01)
-    p.add_argument("--eos_max_gamma", type=float, default=1.0)
-    p.add_argument("--remasking", default="low_confidence", choices=REMASKING)
-    p.add_argument("--temperature", type=float, default=0.0)
-    p.add_argument("--cfg_scale", type=float, default=0.0)
-    p.add_argument("--threshold", type=float, default=0.9, help="tau of --schedule threshold")
-    p.add_argument("--entropy_bound", type=float, default=0.1, help="bound of --schedule entropy_bound")
-    p.add_argument("--compile", action="store_true", help="torch.compile the sampling")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--dtype", default=None, help="float32 | bfloat16; default: bfloat16 on cuda")
-    p.add_argument("--seed", type=int, default=0)
-    a = p.parse_args()
-    model, tok = load(a.model, a.device, getattr(torch, a.dtype or ("bfloat16" if "cuda" in a.device else "float32")))
+    p.add_argument("--task", default="sudoku", choices=list(TASKS), help="task of the example or of --eval")
+    p.add_argument("--data", default=None, help="task data file (JSONL / CSV); default: generated examples")
+    p.add_argument("--eval", type=number(int, 0), default=0, metavar="N", help="evaluate N held-out task examples (0: show one generation)")
+    p.add_argument("--batch_size", type=number(int, 1), default=16, help="prompts per generate() call in --eval")
+    p.add_argument("--gen_length", type=number(int, 1), default=None, help="generation window L; default: 256 for LLaDA-8B, 64 (their training window) for small models")
+    p.add_argument("--steps", type=number(int, 1), default=None, help="decoding steps; default: gen_length (linear), floor(log2 gen_length) (ass)")
+    p.add_argument("--schedule", default="linear", choices=SCHEDULES, help="slots committed per step (DEFINITIONS.md 2.2)")
+    p.add_argument("--block_length", type=number(int, 1), default=None, help="block of linear / threshold / entropy_bound; default: the whole window")
+    p.add_argument("--block_num", type=number(int, 1), default=1, help="number of ASS blocks")
+    p.add_argument("--eoser", type=true_false, nargs="?", const=True, default=False, metavar="true|false", help="EOS early rejection (needs low_confidence remasking)")
+    p.add_argument("--eos_min_gamma", type=float, default=0.01, help="EOSER's gamma at the first step")
+    p.add_argument("--eos_max_gamma", type=float, default=1.0, help="EOSER's gamma approached at the last step")
+    p.add_argument("--remasking", default="low_confidence", choices=REMASKING, help="confidence of a slot")
+    p.add_argument("--temperature", type=number(float, 0), default=0.0, help="0: greedy; else Gumbel-max sampling at this temperature")
+    p.add_argument("--cfg_scale", type=number(float, 0), default=0.0, help="classifier-free guidance (0: off)")
+    p.add_argument("--threshold", type=float, default=0.9, help="tau of --schedule threshold, in (0, 1]")
+    p.add_argument("--entropy_bound", type=number(float, 0), default=0.1, help="bound of --schedule entropy_bound")
+    p.add_argument("--compile", type=true_false, nargs="?", const=True, default=False, metavar="true|false", help="torch.compile the sampling")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="torch device")
+    p.add_argument("--dtype", default=None, choices=("float32", "bfloat16"), help="model dtype; default: bfloat16 on cuda, float32 elsewhere")
+    p.add_argument("--seed", type=int, default=0, help="seed of the sampling noise")
+    a = p.parse_args(argv)
+    dtype = getattr(torch, a.dtype or ("bfloat16" if "cuda" in a.device else "float32"))
+    if a.random_model:
+        print("notice: --random_model: a tiny RANDOM model with a byte-level tokenizer, so the output is noise",
+              file=sys.stderr)
+        model, tok = random_model(a.device, dtype)
+    elif not os.path.isdir(a.model):
+        p.error(f"--model {a.model}: no such directory (expected a LLaDA checkpoint directory; the bundled one is "
+                f"checkpoints/llada-tiny, from the repository root; --random_model for a random-weight demo)")
+    else:
+        try:
+            model, tok = load(a.model, a.device, dtype)
+        except (OSError, ValueError) as e:  # model.py's loading errors name the file and what was expected
+            p.error(f"--model {a.model}: {e}")
     torch.manual_seed(a.seed)
     style = "d1" if model.config.vocab_size > 100_000 else "compact"  # LLaDA-8B: d1 prompts; small models: compact
     task, n = None, max(a.eval, 1)
@@ -392,16 +449,29 @@ def main():
     prompts = [tok.chat_prompt(t) for t in texts]
     kw = {k: getattr(a, k) for k in ("steps", "schedule", "block_length", "block_num", "eoser", "eos_min_gamma",
           "eos_max_gamma", "remasking", "temperature", "cfg_scale", "threshold", "entropy_bound", "compile")}
-    kw.update(gen_length=a.gen_length or (256 if style == "d1" else 64), return_trajectory=True)
-    if a.eval:
-        return evaluate(model, tok, task, examples, prompts, a, kw)
-    ids = torch.tensor(prompts[:1], device=a.device)
-    print(texts[0], "\n")
+    kw.update(gen_length=(256 if style == "d1" else 64) if a.gen_length is None else a.gen_length, return_trajectory=True)
+    try:
+        if a.eval:
+            return evaluate(model, tok, task, examples, prompts, a, kw)
+        show_one(model, tok, task, examples[0] if task else None, texts[0], prompts[0], a.device, kw)
+    except BadArgument as e:  # raised before any model call
+        p.error(f"--{e}")
+
+
+def show_one(model, tok, task, example, text, prompt, device, kw):
+    """Live denoising of one prompt, then the answer up to the end of the generation and its reward."""
+    ids = torch.tensor([prompt], device=device)
+    print(text, "\n")
     x, traj = generate(model, ids, callback=live_display(tok, ids.shape[1], model.config.mask_token_id), **kw)
-    answer = tok.decode(x[0, ids.shape[1]:], skip_special=True)
-    print(f"\n{answer}\n\n({traj.num_calls} model calls for {kw['gen_length']} slots)")
+    row = x[0, ids.shape[1]:].tolist()
+    answer, after = split_at_end(tok, row)
+    print(f"\n{answer}")
+    if after:
+        print(f"(after the end of the generation, and read by the reward too: {after!r})")
+    print(f"\n({traj.num_calls} model calls for {kw['gen_length']} slots)")
     if task is not None:
-        print(f"reward {task.reward(answer, examples[0]):.3f}  correct {task.is_correct(answer, examples[0])}")
+        full = tok.decode(row, skip_special=True)  # what the reward reads (train_rl.py decodes the same way)
+        print(f"reward {task.reward(full, example):.3f}  correct {task.is_correct(full, example)}")
 
 
 def evaluate(model, tok, task, examples, prompts, a, kw):

@@ -9,7 +9,7 @@ and tests). Countdown, Sudoku and arithmetic are generated here.
     text = task.prompt(test[0], style="compact")          # "Countdown: 30,100,93 -> 23"
     r = task.reward("<answer>30-(100-93)</answer>", test[0])
 
-Rules follow SPEC.md section 4 (the d1 / CJ-GRPO rewards, JustGRPO prompts); deviations from the
+Rules follow DEFINITIONS.md section 4 (the d1 / CJ-GRPO rewards, JustGRPO prompts); deviations from the
 reference code are marked (ours). Prompt styles:
     d1       d1 / CJ-GRPO training prompt: format text at the start of the user turn
     d1_eval  d1 evaluation prompt (asks for \\boxed{} inside <answer>); the assistant turn is
@@ -271,7 +271,7 @@ class GSM8K(Task):
     def is_correct(self, completion, example):
         """d1's evaluation: the first \\boxed{} holding a number, else the <answer> content's last
         number, equal as floats to the gold. Without either (JustGRPO's prompts ask for no format),
-        the last number of the whole completion, as the answer extraction of SPEC section 4 does."""
+        the last number of the whole completion, as the answer extraction of DEFINITIONS.md 4.1 does."""
         t = _text(completion)
         found = next((nums[0] for b in _boxed_flat(t) if (nums := _numbers(b))), None)
         if found is None:

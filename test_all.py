@@ -8,6 +8,7 @@ import math
 import random
 import re
 import time
+import types
 import zlib
 
 import pytest
@@ -1075,11 +1076,85 @@ def test_invalid_arguments_name_themselves(kw, name):
         S.generate(sample_model(), sample_prompt(), **kw)
 
 
-def test_cli_runs_on_the_fallback_model(monkeypatch, capsys):
-    monkeypatch.setattr("sys.argv", ["sample.py", "--model", "no/such/dir", "--prompt", "hi", "--schedule", "ass", "--eoser"])
+def test_cli_runs_on_the_random_model(monkeypatch, capsys):
+    monkeypatch.setattr("sys.argv", ["sample.py", "--random_model", "--prompt", "hi", "--schedule", "ass", "--eoser"])
     S.main()
     out = capsys.readouterr()
     assert "RANDOM model" in out.err and "step   6 |" in out.out and "model calls" in out.out
+
+# ---- sample.py command line: bad flags, missing model, --help, the answer shown ----
+
+
+def cli_error(monkeypatch, capsys, *args):
+    """Run sample.py's main with args; it must exit 2 (argparse's error): return its one-line message."""
+    monkeypatch.setattr("sys.argv", ["sample.py", *args])
+    with pytest.raises(SystemExit) as e:
+        S.main()
+    assert e.value.code == 2
+    return capsys.readouterr().err.strip().splitlines()[-1]
+
+
+def test_cli_missing_model_path_is_an_error_naming_it(monkeypatch, capsys, tmp_path):
+    missing = str(tmp_path / "llada-tinyy")
+    msg = cli_error(monkeypatch, capsys, "--model", missing, "--task", "sudoku", "--eval", "2", "--gen_length", "8")
+    assert missing in msg and "--random_model" in msg
+    msg = cli_error(monkeypatch, capsys, "--model", str(tmp_path), "--eval", "2")  # a directory, but no checkpoint
+    assert str(tmp_path) in msg and "config.json" in msg
+
+
+@pytest.mark.parametrize("args, flag, allowed", [
+    (("--gen_length", "0"), "--gen_length", ">= 1"),
+    (("--steps", "0"), "--steps", ">= 1"),
+    (("--eoser", "maybe"), "--eoser", "true or false"),
+    (("--compile", "no"), "--compile", "true or false"),
+    (("--batch_size", "0", "--eval", "2"), "--batch_size", ">= 1"),
+    (("--temperature", "nan"), "--temperature", ">= 0"),
+    (("--task", "sudok"), "--task", "'sudoku'"),
+    (("--steps", "5", "--block_length", "8", "--gen_length", "16"), "--steps", "split evenly over 2 blocks"),
+    (("--threshold", "2", "--schedule", "threshold"), "--threshold", "(0, 1]"),
+])
+def test_cli_flags_outside_their_values_name_the_flag(monkeypatch, capsys, args, flag, allowed):
+    msg = cli_error(monkeypatch, capsys, "--random_model", *args)
+    assert flag in msg and allowed in msg
+
+
+def test_cli_boolean_flags_take_true_false_or_nothing(monkeypatch):
+    seen = []
+    monkeypatch.setattr(S, "show_one", lambda *a: seen.append(a[-1]["eoser"]))
+    for args, want in ((["--eoser"], True), (["--eoser", "false"], False), (["--eoser", "True"], True), ([], False)):
+        monkeypatch.setattr("sys.argv", ["sample.py", "--random_model", *args])
+        S.main()
+        assert seen.pop() is want
+
+
+def test_cli_help_shows_every_default(monkeypatch, capsys):
+    monkeypatch.setattr("sys.argv", ["sample.py", "--help"])
+    with pytest.raises(SystemExit):
+        S.main()
+    options = capsys.readouterr().out.split("options:")[1]
+    entries = re.split(r"\n  (?=--)", options)[1:]  # one entry per flag, -h excluded
+    assert len(entries) >= 20
+    for entry in entries:
+        assert "default" in entry, entry
+
+
+def test_cli_shows_the_answer_up_to_the_end_of_the_generation(monkeypatch, capsys):
+    tok, tail = M.byte_tokenizer(), "<answer>4023</answer>"  # text after the end, as a small model can leave
+    window = tok.encode("<answer>4123</answer>") + [tok.eot_id] + 3 * [tok.eos_id] + tok.encode(tail) + [tok.eos_id]
+
+    def fake_generate(model, ids, callback=None, **kw):
+        return torch.cat([ids, torch.tensor([window])], 1), types.SimpleNamespace(num_calls=1)
+    monkeypatch.setattr(S, "generate", fake_generate)
+    monkeypatch.setattr("sys.argv", ["sample.py", "--random_model", "--task", "sudoku", "--gen_length", str(len(window))])
+    S.main()
+    lines = capsys.readouterr().out.splitlines()
+    assert "<answer>4123</answer>" in lines
+    assert [l for l in lines if tail in l] == [f"(after the end of the generation, and read by the reward too: {tail!r})"]
+    # the reward reads the whole window without special tokens, as train_rl.py does; here the tail changes it
+    task, example = T.get_task("sudoku"), T.get_task("sudoku").generate(1, seed=1)[0]
+    read = task.reward("<answer>4123</answer>" + tail, example)
+    assert read != task.reward("<answer>4123</answer>", example)
+    assert f"reward {read:.3f}  correct False" in lines
 
 
 # -----------------------------------------------------------------------------

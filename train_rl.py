@@ -8,7 +8,7 @@ GRPO for masked diffusion LMs: CJ-GRPO, JustGRPO and the one-step diffu-GRPO bas
 Every step: roll out G completions per prompt with sample.py's generate (keeping the
 trajectory), score them, turn rewards into group advantages, then num_iterations updates on
 those rollouts. The three algorithms differ only in which log-probabilities they train
-(SPEC.md section 3):
+(DEFINITIONS.md section 3):
 - cj_grpo (consistency trajectory): at each decoding step i, log p(token | state x_i) of the
   slots committed at step i: exactly the decisions the rollout made.
 - just_grpo: roll out left to right (one slot per step); log p(o_t | prompt, o_<t, masks).
