@@ -87,7 +87,9 @@ class ClaimsConfig:
 
 
 def quick_overrides(c):
-    """A pipeline check in about two minutes on two CPU cores; its numbers mean nothing."""
+    """A pipeline check in a few minutes on two CPU cores; its numbers mean nothing."""
+    if c.work_dir == ClaimsConfig.work_dir:
+        c.work_dir += "-quick"
     for k, v in dict(model=f"{c.work_dir}/testbed", results_dir=f"{c.work_dir}/results", device="cpu", n_test=8,
                      batch_size=8, sft_steps=12, sft_batch=8, sft_lr=1e-3, d_model=32, n_layers=2, n_heads=2,
                      mlp_hidden_size=64, window=128, passk_problems=4, passk_samples=4, seeds="0", rl_steps=2, rl_n_test=8,
