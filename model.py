@@ -88,16 +88,15 @@ class LLaDAConfig:
         if not path.is_file():
             raise FileNotFoundError(f"{path}: config.json not found (expected a LLaDA checkpoint directory)")
         raw = read_json(path)
-        show = lambda v: json.dumps(v)  # values as the file writes them: true, null, "192"
         for key, want in REQUIRED_CONFIG_VALUES.items():
             accepted = want if isinstance(want, tuple) else (want,)
             if key in raw and raw[key] not in accepted:
-                raise ValueError(f"{path}: key '{key}' is {show(raw[key])}; this model implements only "
-                                 f"{' or '.join(show(a) for a in accepted)}")
+                raise ValueError(f"{path}: key '{key}' is {json.dumps(raw[key])}; this model implements only "
+                                 f"{' or '.join(json.dumps(a) for a in accepted)}")
         for key in DROPOUT_KEYS:
             v = raw.get(key, 0.0)
             if not (isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v < 1):
-                raise ValueError(f"{path}: key '{key}' is {show(v)}, expected a number in [0, 1)")
+                raise ValueError(f"{path}: key '{key}' is {json.dumps(v)}, expected a number in [0, 1)")
         names = [f.name for f in fields(cls) if f.name != "extra"]
         missing = [k for k in names if raw.get(k) is None and k not in OPTIONAL_KEYS]
         if missing:
@@ -109,9 +108,9 @@ class LLaDAConfig:
             number = isinstance(v, (int, float)) and not isinstance(v, bool)
             if key in ("rope_theta", "rms_norm_eps"):
                 if not (number and math.isfinite(v) and v > 0):
-                    raise ValueError(f"{path}: key '{key}' is {show(v)}, expected a positive number")
+                    raise ValueError(f"{path}: key '{key}' is {json.dumps(v)}, expected a positive number")
             elif not (number and isinstance(v, int) and (v >= 0 if key in TOKEN_ID_KEYS else v > 0)):
-                raise ValueError(f"{path}: key '{key}' is {show(v)}, expected a "
+                raise ValueError(f"{path}: key '{key}' is {json.dumps(v)}, expected a "
                                  f"{'non-negative' if key in TOKEN_ID_KEYS else 'positive'} integer")
         kwargs = {k: raw[k] for k in names if raw.get(k) is not None}
         kwargs.setdefault("n_kv_heads", kwargs["n_heads"])

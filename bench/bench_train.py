@@ -83,7 +83,7 @@ def training_flops(model_cfg, batch, cfg):
 def bench_algorithms(model, device, args):
     rows = []
     runs = {"cj_grpo": dict(algo="cj_grpo", num_iterations=2),
-            "just_grpo": dict(algo="just_grpo", num_iterations=1, stack=args.stack),
+            "just_grpo": dict(algo="just_grpo", num_iterations=1, stack=args.stack, group_size=2),  # groups of 2: the warm-up's size
             "diffu_grpo": dict(algo="diffu_grpo", num_iterations=2)}
     for name, kw in runs.items():
         cfg = replace(RL.RLConfig(gen_length=args.gen_length, micro_batch=args.micro_batch), **kw)
@@ -217,7 +217,8 @@ def bench_just_stacking(model, device, args):
         cfg = RL.RLConfig(algo="just_grpo", gen_length=args.gen_length, num_iterations=1, stack=args.stack)
         mb, _ = make_batch(model, cfg, mb_size, args.prompt_length, device)
         n_nonzero = float((mb["adv"] != 0).sum())
-        ways = {"loop": lambda: published_loop(model, mb, n_nonzero), "stacked": lambda: RL.just_grpo_loss(model, mb, cfg, n_nonzero)}
+        mb["scale"] = torch.full((len(mb["x"]),), 1 / (mb["L"] * (n_nonzero + 1e-5)), device=device)  # the loop's scale
+        ways = {"loop": lambda: published_loop(model, mb, n_nonzero), "stacked": lambda: RL.just_grpo_loss(model, mb, cfg)}
         if mb_size == 1 and device.type == "cuda" and not dist.is_initialized():  # where the loop runs in bf16
             ways["loop, float32"] = lambda: published_loop(model, mb, n_nonzero, bf16=False)
             ways["stacked"]()  # warm-up: the masked attention kernels' first call (the loop is warm after one position)
@@ -255,14 +256,14 @@ def bench_position_options(device, n_prompts, group_size):
     cfg = RL.RLConfig(algo="just_grpo", num_iterations=1, group_size=group_size, std_norm=True, stack=512, top_entropy=0.5)
     torch.manual_seed(0)
     batch = RL.rollout(model, tok, task, task.generate(n_prompts, seed=1), cfg, device)  # top_entropy < 1 records entropies
-    n_nonzero = float((batch["adv"] != 0).sum())
+    batch["scale"] = RL.just_grpo_scale(batch["adv"], group_size, batch["L"], world=1)
     rows, full = [], None
     for label, kw in {"all positions": dict(top_entropy=1.0), "skip the EOS tail": dict(top_entropy=1.0, skip_eos_tail=True),
                       "top 50% entropy": dict(top_entropy=0.5), "top 25% entropy": dict(top_entropy=0.25)}.items():
         model.zero_grad(set_to_none=True)
         sync(device)
         t = time.time()
-        stats = RL.just_grpo_loss(model, batch, replace(cfg, **kw), n_nonzero)
+        stats = RL.just_grpo_loss(model, batch, replace(cfg, **kw))
         sync(device)
         seconds = time.time() - t
         grad = torch.cat([p.grad.flatten() for p in model.parameters()]).double()  # float32 cosines overshoot 1
