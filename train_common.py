@@ -174,11 +174,16 @@ def save_training_checkpoint(out_dir, model, optimizer, step, cfg, rank, keep_co
         raise SystemExit(f"step {step}: the weights hold non-finite values ({bad}); not saved, "
                          f"{Path(out_dir) / 'latest'} keeps the last good checkpoint (if any); try a lower --lr")
     train_state = {"optimizer": get_optimizer_state_dict(model, optimizer, options=opts), "step": step, "config": asdict(cfg)}
+    error = ""
     if rank == 0:
-        for name in ["latest"] + ([f"step_{step}"] if keep_copy else []):
-            save_checkpoint(Path(out_dir) / name, state, model.config, files_from=model.source_dir, train_state=train_state)
-    if dist.is_initialized():  # nobody runs ahead into a collective while rank 0 writes
-        dist.barrier()
+        try:
+            for name in ["latest"] + ([f"step_{step}"] if keep_copy else []):
+                save_checkpoint(Path(out_dir) / name, state, model.config, files_from=model.source_dir, train_state=train_state)
+        except OSError as e:  # save_checkpoint's one-line message (a full disk), on every rank
+            error = str(e)
+    error = broadcast(error)  # also: nobody runs ahead into a collective while rank 0 writes
+    if error:
+        raise SystemExit(error)
 
 
 def read_training_state(ckpt_dir, cfg, same, steps):
