@@ -1,7 +1,8 @@
 """
-What both trainers share: flags from a dataclass, the distributed setup (FSDP2 under torchrun),
-bf16 autocast, training checkpoints that a killed run resumes from, the learning-rate warmup
-and the metrics log.
+What both trainers share: flags from a dataclass (its field comments are the --help), the
+distributed setup (FSDP2 under torchrun), bf16 autocast, the run folder (locked; never silently
+overwritten), training checkpoints that a killed run resumes from, the learning-rate warmup and
+the metrics log.
 
     from train_common import config_from_args, setup_distributed, prepare_model
     rank, world, device = setup_distributed()          # one process, or torchrun's environment
