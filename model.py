@@ -359,42 +359,67 @@ def save_checkpoint(path, state, cfg, files_from=None, dtype=None, max_shard_byt
     """Write config.json, safetensors shards (+ index when more than one), the tokenizer and
     other files of `files_from`, and train_state.pt if given, into a temporary directory, then
     rename it into place, so a crash never leaves a half-written checkpoint that looks complete.
-    `state` uses our parameter names (no "model." prefix); tensors reach the CPU shard by shard."""
+    `state` uses our parameter names (no "model." prefix); tensors reach the CPU shard by shard.
+    A failed write (a full disk) removes the temporary directory and says so in one message."""
     path = Path(path)
+    recover_checkpoint(path)  # leftovers of a killed save would hold the disk space this one needs
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    shards, current, size = [], [], 0
-    for name, t in state.items():
-        nbytes = t.numel() * (t.element_size() if dtype is None else torch.empty((), dtype=dtype).element_size())
-        if current and size + nbytes > max_shard_bytes:
-            shards.append(current)
-            current, size = [], 0
-        current.append(name)
-        size += nbytes
-    shards.append(current)
-    weight_map, total = {}, 0
-    for i, names in enumerate(shards):
-        fname = "model.safetensors" if len(shards) == 1 else f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors"
-        tensors = {CKPT_PREFIX + n: state[n].to(dtype or state[n].dtype).contiguous().cpu() for n in names}
-        save_file(tensors, tmp / fname, metadata={"format": "pt"})
-        total += sum(t.numel() * t.element_size() for t in tensors.values())
-        weight_map.update({k: fname for k in tensors})
-        del tensors
-    if len(shards) > 1:
-        (tmp / INDEX_NAME).write_text(json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2))
-    (tmp / "config.json").write_text(json.dumps(cfg.to_json_dict(), indent=2))
-    if files_from is not None:
-        for f in Path(files_from).iterdir():
-            if f.is_file() and not WEIGHT_OR_STATE_FILE.fullmatch(f.name) and not f.name.startswith("."):
-                shutil.copy2(f, tmp / f.name)
-    if train_state is not None:
-        torch.save(train_state, tmp / "train_state.pt")
+    try:
+        shards, current, size = [], [], 0
+        for name, t in state.items():
+            nbytes = t.numel() * (t.element_size() if dtype is None else torch.empty((), dtype=dtype).element_size())
+            if current and size + nbytes > max_shard_bytes:
+                shards.append(current)
+                current, size = [], 0
+            current.append(name)
+            size += nbytes
+        shards.append(current)
+        weight_map, total = {}, 0
+        for i, names in enumerate(shards):
+            fname = "model.safetensors" if len(shards) == 1 else f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors"
+            tensors = {CKPT_PREFIX + n: state[n].to(dtype or state[n].dtype).contiguous().cpu() for n in names}
+            save_file(tensors, tmp / fname, metadata={"format": "pt"})
+            umask = os.umask(0)
+            os.umask(umask)
+            os.chmod(tmp / fname, 0o666 & ~umask)  # safetensors writes 0600; others may need to read a checkpoint
+            total += sum(t.numel() * t.element_size() for t in tensors.values())
+            weight_map.update({k: fname for k in tensors})
+            del tensors
+        if len(shards) > 1:
+            (tmp / INDEX_NAME).write_text(json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2))
+        (tmp / "config.json").write_text(json.dumps(cfg.to_json_dict(), indent=2))
+        if files_from is not None:
+            for f in Path(files_from).iterdir():
+                if f.is_file() and not WEIGHT_OR_STATE_FILE.fullmatch(f.name) and not f.name.startswith("."):
+                    shutil.copy2(f, tmp / f.name)
+        if train_state is not None:
+            torch.save(train_state, tmp / "train_state.pt")
+    except (OSError, RuntimeError) as e:  # torch.save reports a full disk as a RuntimeError
+        shutil.rmtree(tmp, ignore_errors=True)
+        free = shutil.disk_usage(path.parent).free / 2**20
+        kept = f"the previous checkpoint {path} is intact" if path.exists() else "no checkpoint was written"
+        raise OSError(f"writing the checkpoint {path} failed ({type(e).__name__}: {e}; {free:.0f} MiB free on "
+                      f"that disk): {kept}") from None
     old = path.with_name(f".{path.name}.old-{os.getpid()}")
     if path.exists():
         path.rename(old)
-    tmp.rename(path)
+    tmp.rename(path)  # a kill before this line leaves old and tmp, both complete: recover_checkpoint
     shutil.rmtree(old, ignore_errors=True)
+
+
+def recover_checkpoint(path):
+    """Finish or undo a save_checkpoint that a kill interrupted, then drop its leftovers. With
+    `path` missing and `.path.old-PID` present, the kill came between the two renames: that save's
+    `.path.tmp-PID` is complete and newer, so it goes into place (else the old copy does). With
+    `path` present every temporary or old copy is stale."""
+    path = Path(path)
+    olds = sorted(path.parent.glob(f".{path.name}.old-*"), key=lambda p: p.stat().st_mtime)
+    if not path.exists() and olds:
+        tmp = path.with_name(f".{path.name}.tmp-{olds[-1].name.rsplit('-', 1)[1]}")
+        (tmp if tmp.is_dir() else olds[-1]).rename(path)
+    for stale in [*path.parent.glob(f".{path.name}.tmp-*"), *path.parent.glob(f".{path.name}.old-*")]:
+        shutil.rmtree(stale, ignore_errors=True)
 
 # -----------------------------------------------------------------------------
 # tokenizer: tokenizer.json (Hugging Face byte-level BPE) -> tiktoken, offline

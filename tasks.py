@@ -23,12 +23,14 @@ reads at most MAX_COMPLETION_CHARS characters, more than any generation window h
 """
 import ast
 import csv
+import io
 import json
 import random
 import re
 import zlib
 from fractions import Fraction
 from itertools import permutations, product
+from pathlib import Path
 
 STYLES = ("d1", "d1_eval", "just", "compact")
 
@@ -141,19 +143,24 @@ def _read_rows(path):
     path = str(path)
     if not path.endswith((".jsonl", ".csv")):
         raise ValueError(f"{path}: expected a .jsonl or .csv file")
-    with open(path, encoding="utf-8", newline="") as f:
-        if path.endswith(".csv"):
-            reader = csv.DictReader(f)
-            for row in reader:
-                yield f"{path}:{reader.line_num}", row
-            return
-        for i, line in enumerate(f, 1):
-            if line.strip():
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise ValueError(f"{path}:{i}: not valid JSON ({e})") from None
-                yield f"{path}:{i}", row
+    try:  # read whole, so that a binary or UTF-16 file fails here with its name, not mid-run
+        text = Path(path).read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{path}: not UTF-8 text (byte {e.start}: {e.reason}); save it as UTF-8") from None
+    if "\0" in text:
+        raise ValueError(f"{path}: holds NUL bytes: binary or UTF-16, not UTF-8 text")
+    if path.endswith(".csv"):
+        reader = csv.DictReader(io.StringIO(text, newline=""))
+        for row in reader:
+            yield f"{path}:{reader.line_num}", row
+        return
+    for i, line in enumerate(text.split("\n"), 1):
+        if line.strip():
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{path}:{i}: not valid JSON ({e})") from None
+            yield f"{path}:{i}", row
 
 
 class Task:

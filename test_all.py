@@ -1505,9 +1505,11 @@ def test_fsdp_two_processes_equal_one(tmp_path):
     script = tmp_path / "fsdp.py"
     script.write_text(FSDP_SCRIPT.format(repo=os.path.dirname(os.path.abspath(__file__)), out=str(tmp_path)))
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    subprocess.run([sys.executable, str(script)], check=True, env=env, capture_output=True, timeout=300)
-    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port", "29502", str(script)],
-                   check=True, env=env, capture_output=True, timeout=300)
+    # --standalone: torchrun picks a free port itself (a fixed one fails when another job holds it)
+    for cmd in ([sys.executable, str(script)],
+                [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(script)]):
+        p = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+        assert p.returncode == 0, f"{' '.join(cmd)} failed:\n{p.stdout}\n{p.stderr}"
     plain, two = torch.load(tmp_path / "w0.pt"), torch.load(tmp_path / "w2.pt")
     for k in plain:  # float32 sums in another order: tolerance 1e-5
         torch.testing.assert_close(plain[k], two[k], rtol=1e-5, atol=1e-6)
@@ -1599,6 +1601,257 @@ def test_trainers_hold_out_the_validation_split(tmp_path, monkeypatch):
     with pytest.raises(Stop):
         RL.main(RL.config_from_args(RL.RLConfig, ["--init", init, *RL_SMALL, "--out_dir", str(tmp_path / "r"), "--steps", "1"]))
     assert asked == ["train", "validation"]
+
+
+# ---- robustness: run folders, checkpoints, flags, errors (issue 18) ----
+
+import train_common as TC
+
+
+def tiny_init(path):
+    """A tiny model with the byte tokenizer saved as a checkpoint: trainer runs in a second."""
+    model = tiny_model(max_sequence_length=256)
+    model.source_dir = M.write_byte_tokenizer(path.parent / "tok")
+    model.save_pretrained(path)
+    return str(path)
+
+
+def rl_args(tmp_path, *extra):
+    init = tmp_path / "init"
+    if not init.exists():
+        tiny_init(init)
+    return ["--init", str(init), "--task", "sudoku", "--n_train", "8", "--prompts_per_step", "2", "--group_size", "2",
+            "--gen_length", "8", "--micro_batch", "4", "--eval_n", "2", "--eval_every", "100", "--num_iterations", "1",
+            "--steps", "2", "--out_dir", str(tmp_path / "run"), *extra]
+
+
+def rl_main(argv):
+    RL.main(RL.config_from_args(RL.RLConfig, argv, defaults_by=("algo", RL.ALGO_DEFAULTS)))
+
+
+def test_save_removes_orphans_and_a_failed_write_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
+    """18.1: temp folders of killed saves go before the next save writes; a full disk is one message."""
+    model = tiny_model()
+    path = tmp_path / "latest"
+    M.save_checkpoint(path, model.state_dict(), model.config)
+    for orphan in (".latest.tmp-999991", ".latest.old-999992"):  # kills inside earlier saves
+        (tmp_path / orphan).mkdir()
+        (tmp_path / orphan / "model.safetensors").write_bytes(b"x" * 1000)
+    M.save_checkpoint(path, model.state_dict(), model.config)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["latest"]
+
+    def full(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+    monkeypatch.setattr(M, "save_file", full)
+    with pytest.raises(OSError, match=r"writing the checkpoint .*latest failed .*No space left.*MiB free.*"
+                                      r"the previous checkpoint .*latest is intact"):
+        M.save_checkpoint(path, {k: v + 1 for k, v in model.state_dict().items()}, model.config)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["latest"]
+    loaded = M.LLaDA.from_pretrained(path).state_dict()
+    assert all(torch.equal(loaded[k], v) for k, v in model.state_dict().items())
+
+
+def test_resume_finds_the_checkpoint_of_a_save_killed_between_the_renames(tmp_path):
+    """18.3: killed after `latest` -> .latest.old-PID: the complete new copy (.latest.tmp-PID) is
+    put in place, or the old one when the new copy is gone; the leftovers are removed."""
+    old, new = tiny_model(seed=0), tiny_model(seed=1)
+    M.save_checkpoint(tmp_path / "a" / ".latest.old-77", old.state_dict(), old.config)
+    M.save_checkpoint(tmp_path / "a" / ".latest.tmp-77", new.state_dict(), new.config)
+    M.recover_checkpoint(tmp_path / "a" / "latest")
+    assert sorted(p.name for p in (tmp_path / "a").iterdir()) == ["latest"]
+    loaded = M.LLaDA.from_pretrained(tmp_path / "a" / "latest").state_dict()
+    assert all(torch.equal(loaded[k], v) for k, v in new.state_dict().items())
+    # through the trainer: a run killed between the renames of its step-2 save resumes from step 2
+    RL.main(RL.config_from_args(RL.RLConfig, rl_args(tmp_path)))
+    run = tmp_path / "run"
+    (run / "latest").rename(run / ".latest.old-4242")
+    rl_main(rl_args(tmp_path, "--steps", "3", "--resume"))
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2, 3]
+    assert sorted(p.name for p in run.iterdir() if p.name.startswith(".latest")) == []
+
+
+def test_a_folder_holding_a_run_is_refused_without_resume_or_overwrite(tmp_path, capsys):
+    """18.2 (both trainers), 18.13 (--resume into another run), 18.19 (the closing lines)."""
+    rl_main(rl_args(tmp_path))
+    assert "checkpoint: " + str(tmp_path / "run" / "latest") in capsys.readouterr().out
+    before = (tmp_path / "run" / "metrics.jsonl").read_text()
+    with pytest.raises(SystemExit, match="holds a run: give --resume to continue it, --overwrite to start over"):
+        rl_main(rl_args(tmp_path))
+    assert (tmp_path / "run" / "metrics.jsonl").read_text() == before
+    with pytest.raises(SystemExit, match=r"the run in .*run has --algo 'cj_grpo'.* gives --algo 'just_grpo'"):
+        rl_main(rl_args(tmp_path, "--algo", "just_grpo", "--steps", "3", "--resume"))
+    with pytest.raises(SystemExit, match="already at step 2 of 2"):
+        rl_main(rl_args(tmp_path, "--resume"))
+    rl_main(rl_args(tmp_path, "--steps", "1", "--overwrite"))
+    assert [json.loads(line)["step"] for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()] == [1]
+    sft = SFT_SMALL + ["--out_dir", str(tmp_path / "sft"), "--max_steps", "1", "--eval_n", "1"]
+    SFT.main(SFT.config_from_args(SFT.SFTConfig, sft))
+    with pytest.raises(SystemExit, match="holds a run: give --resume"):
+        SFT.main(SFT.config_from_args(SFT.SFTConfig, sft))
+    with pytest.raises(SystemExit, match=r"has --d_model 32.* gives --d_model 64"):
+        SFT.main(SFT.config_from_args(SFT.SFTConfig, sft + ["--max_steps", "2", "--resume", "--d_model", "64"]))
+    state = tmp_path / "sft" / "latest" / "train_state.pt"
+    state.write_bytes(state.read_bytes()[:100])  # a truncated file
+    with pytest.raises(SystemExit, match=re.escape(str(state))):
+        SFT.main(SFT.config_from_args(SFT.SFTConfig, sft + ["--max_steps", "2", "--resume"]))
+
+
+def test_a_second_run_into_a_locked_folder_stops_and_a_dead_holder_frees_it(tmp_path):
+    """18.4: the lock is held for the run's lifetime; the kernel frees it when its holder dies."""
+    import subprocess
+    import sys
+    (tmp_path / "run").mkdir()
+    holder = subprocess.Popen([sys.executable, "-c", "import fcntl, sys, time; f = open(sys.argv[1], 'a+'); "
+                               "fcntl.flock(f, fcntl.LOCK_EX); f.write('12345'); f.flush(); print('held', flush=True); "
+                               "time.sleep(120)", str(tmp_path / "run" / ".lock")], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(SystemExit, match=r"is in use by another run \(pid 12345\)"):
+            rl_main(rl_args(tmp_path, "--steps", "1"))
+        assert not (tmp_path / "run" / "metrics.jsonl").exists()
+    finally:
+        holder.kill()  # SIGKILL: no cleanup code runs in the holder
+        holder.wait()
+    rl_main(rl_args(tmp_path, "--steps", "1"))
+    assert (tmp_path / "run" / "latest" / "train_state.pt").is_file()
+
+
+def test_training_that_cannot_recover_stops_and_nonfinite_weights_are_never_saved(tmp_path, monkeypatch):
+    """18.7, and 18.19's accuracy column: for just_grpo (reward +-1) acc = (reward + 1) / 2."""
+    real = RL.train_on_rollout
+
+    def nan_step(model, ref, optimizer, batch, cfg, world):
+        batch["adv"] = batch["adv"] * float("nan")  # every gradient non-finite
+        return real(model, ref, optimizer, batch, cfg, world)
+    monkeypatch.setattr(RL, "train_on_rollout", nan_step)
+    with pytest.raises(SystemExit, match=r"stopped at step 2: 2 steps in a row had non-finite gradients \(--max_skipped 2\)"):
+        rl_main(rl_args(tmp_path, "--algo", "just_grpo", "--steps", "5", "--save_every", "1", "--max_skipped", "2"))
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["skipped"] for r in rows] == [1, 1]
+    assert all(r["acc"] == (r["reward_mean"] + 1) / 2 for r in rows)
+    model = tiny_model().train()
+    model.source_dir = None
+    with torch.no_grad():
+        model.transformer.blocks[1].ff_out.weight[0, 0] = float("inf")
+    opt = torch.optim.AdamW(model.parameters())
+    with pytest.raises(SystemExit, match=r"non-finite values \(transformer.blocks.1.ff_out.weight\); not saved"):
+        TC.save_training_checkpoint(tmp_path / "nan", model, opt, 3, RL.RLConfig(), 0)
+    assert not (tmp_path / "nan" / "latest").exists()
+
+
+def test_metrics_log_is_strict_json_and_a_torn_last_line_is_dropped(tmp_path):
+    """18.8 and 18.10: null for non-finite values; resume drops a torn last line, names a bad middle one."""
+    log = TC.MetricsLog(tmp_path, 0)
+    log.write(step=1, loss=float("nan"), kl=float("inf"), reward_mean=0.5)
+    log.write(step=2, loss=1.0)
+
+    def strict(c):
+        raise ValueError(f"non-standard JSON constant {c}")
+    rows = [json.loads(line, parse_constant=strict) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert rows[0] == dict(step=1, loss=None, kl=None, reward_mean=0.5)
+    with open(tmp_path / "metrics.jsonl", "a") as f:
+        f.write('{"step": 3, "lo')  # killed mid-write
+    TC.MetricsLog(tmp_path, 0, resumed_step=5)
+    assert [json.loads(line)["step"] for line in (tmp_path / "metrics.jsonl").read_text().splitlines()] == [1, 2]
+    (tmp_path / "metrics.jsonl").write_text('{"step": 1}\n{"ste\n{"step": 3}\n')
+    with pytest.raises(SystemExit, match=re.escape(f"{tmp_path / 'metrics.jsonl'}:2: not a metrics row")):
+        TC.MetricsLog(tmp_path, 0, resumed_step=5)
+
+
+def test_data_file_errors_name_the_file_and_row(tmp_path):
+    """18.10: each bad data file stops before training with one message naming it."""
+    good = json.dumps(GSM_ROWS[0]) + "\n"
+    long_row = json.dumps({"question": "x" * 300, "answer": "#### 1"}) + "\n"
+    cases = [("empty.jsonl", b"", [], r"empty.jsonl: 0 rows, but --eval_n 1 held out \+ --prompts_per_step 2 .* need 3"),
+             ("few.jsonl", (good * 2).encode(), [], "few.jsonl: 2 rows"),
+             ("utf16.jsonl", good.encode("utf-16"), [], "utf16.jsonl: not UTF-8 text"),
+             ("nul.jsonl", good.encode("utf-16-le"), [], "nul.jsonl: holds NUL bytes"),
+             ("long.jsonl", (good * 2 + long_row + good).encode(), [],
+              r"long.jsonl row 3: the prompt is \d+ tokens; with --gen_length 8 that exceeds the model's max_sequence_length 256"),
+             ("ok.jsonl", (good * 4).encode(), ["--eval_n", "0"], "--eval_n 0: expected at least 1")]
+    for name, data, extra, message in cases:
+        (tmp_path / name).write_bytes(data)
+        args = rl_args(tmp_path, "--task", "gsm8k", "--style", "compact", "--data", str(tmp_path / name), "--eval_n", "1",
+                       "--out_dir", str(tmp_path / name.replace(".", "_")), *extra)
+        with pytest.raises((SystemExit, ValueError), match=message):
+            rl_main(args)
+    with pytest.raises(SystemExit, match=r"sudoku training problem 0 \(generated\): the prompt is"):
+        rl_main(rl_args(tmp_path, "--gen_length", "250", "--out_dir", str(tmp_path / "long_gen")))
+
+
+def test_flags_are_checked_and_every_algorithm_runs_with_its_defaults(capsys):
+    """18.13 (flag values), 18.14 and issue 19 item 5 (per-algorithm defaults, AdamW betas)."""
+    parse = lambda *argv: RL.config_from_args(RL.RLConfig, list(argv), defaults_by=("algo", RL.ALGO_DEFAULTS))
+    with pytest.raises(SystemExit):
+        parse("--eoser", "maybe")
+    assert "argument --eoser: expected true or false (or 1/0, yes/no), got 'maybe'" in capsys.readouterr().err
+    assert parse("--eoser", "false").eoser is False and parse("--eoser").eoser is True
+    for argv, message in [(["--schedule", "bogus"], "--schedule 'bogus': expected ass or linear"),
+                          (["--steps", "0"], "--steps 0: expected at least 1")]:
+        with pytest.raises(ValueError, match=message):
+            RL.check_config(parse(*argv))
+    for algo in ("cj_grpo", "just_grpo", "diffu_grpo"):
+        RL.check_config(parse("--algo", algo))
+    just = parse("--algo", "just_grpo")
+    assert (just.num_iterations, just.adam_beta1, just.adam_beta2, just.weight_decay, just.warmup, just.grad_clip,
+            just.std_norm) == (1, 0.9, 0.999, 0.0, 0, 1.0, True)
+    cj = parse("--algo", "cj_grpo")
+    assert (cj.adam_beta2, cj.weight_decay, cj.grad_clip, cj.num_iterations) == (0.99, 0.1, 0.2, 2)
+    assert parse("--algo", "just_grpo", "--adam_beta2", "0.98").adam_beta2 == 0.98  # a given flag wins
+    assert TC.lr_at(0, 1e-4, just.warmup) == TC.lr_at(50, 1e-4, just.warmup) == 1e-4  # constant lr
+    assert RL.reward_scale("just_grpo") != RL.reward_scale("cj_grpo")
+
+
+@pytest.mark.parametrize("cls", [RL.RLConfig, SFT.SFTConfig])
+def test_help_gives_every_flag_its_text_and_default(cls, capsys):
+    """18.18: the field comments are the help texts (one source), each with its default."""
+    from dataclasses import fields
+    with pytest.raises(SystemExit):
+        TC.config_from_args(cls, ["--help"])
+    text = re.sub(r"(?<=\w-) ", "", re.sub(r"\s+", " ", capsys.readouterr().out))  # undo argparse's line wrapping
+    helps = TC.field_help(cls)
+    for f in fields(cls):
+        assert helps.get(f.name), f"{f.name} has no comment"
+        assert re.search(rf"--{f.name}\b[^-]*? {re.escape(' '.join(helps[f.name].split()[:3]))}", text), f.name
+        assert f"(default: {f.default!r})" in text if isinstance(f.default, str) else f"(default: {f.default}" in text
+
+
+def test_default_out_dir_is_per_algorithm_and_task(tmp_path, monkeypatch):
+    """18.20: runs of different algorithms or tasks never share the default folder."""
+    monkeypatch.chdir(tmp_path)
+    args = rl_args(tmp_path)[:-2] + ["--steps", "1"]  # no --out_dir
+    rl_main(args + ["--algo", "diffu_grpo"])
+    rl_main(args + ["--algo", "just_grpo"])
+    assert sorted(p.name for p in (tmp_path / "out" / "rl").iterdir()) == ["diffu_grpo-sudoku", "just_grpo-sudoku"]
+    assert all((tmp_path / "out" / "rl" / d / "latest" / "train_state.pt").is_file() for d in ("diffu_grpo-sudoku", "just_grpo-sudoku"))
+
+
+def test_checkpoint_files_get_the_mode_of_a_normal_file(tmp_path):
+    """18.21: safetensors writes 0600; the checkpoint is as readable as config.json (0644 at umask 022)."""
+    import os
+    old = os.umask(0o022)
+    try:
+        model = tiny_model()
+        M.save_checkpoint(tmp_path / "c", model.state_dict(), model.config)
+    finally:
+        os.umask(old)
+    assert {p.name: oct(p.stat().st_mode & 0o777) for p in (tmp_path / "c").iterdir()} == \
+        {"model.safetensors": "0o644", "config.json": "0o644"}
+
+
+def test_plot_metrics_writes_a_png(tmp_path):
+    """18.19: the one-line plot command reads a strict metrics.jsonl (nulls included)."""
+    import os
+    import subprocess
+    import sys
+    pytest.importorskip("matplotlib")
+    rows = [dict(step=1, reward_mean=0.1, acc=0.2, loss=None, kl=0.0), dict(step=2, reward_mean=0.3, acc=0.4, loss=0.5, kl=0.1,
+                                                                          eval_acc=0.4)]
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    script = os.path.join(os.path.dirname(os.path.abspath(__file__)), "experiments", "plot_metrics.py")
+    subprocess.run([sys.executable, script, str(tmp_path / "metrics.jsonl")], check=True, capture_output=True, timeout=120)
+    assert (tmp_path / "metrics.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_rl_out_of_memory_is_one_clear_message(tmp_path, monkeypatch):

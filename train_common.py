@@ -1,15 +1,21 @@
 """
-What both trainers share: flags from a dataclass, the distributed setup (FSDP2 under torchrun),
-bf16 autocast, training checkpoints that a killed run resumes from, the learning-rate warmup
-and the metrics log.
+What both trainers share: flags from a dataclass (its field comments are the --help), the
+distributed setup (FSDP2 under torchrun), bf16 autocast, the run folder (locked; never silently
+overwritten), training checkpoints that a killed run resumes from, the learning-rate warmup and
+the metrics log.
 
     from train_common import config_from_args, setup_distributed, prepare_model
     rank, world, device = setup_distributed()          # one process, or torchrun's environment
 """
 import argparse
+import fcntl
+import inspect
 import json
+import math
 import os
+import re
 from dataclasses import asdict, fields
+from contextlib import contextmanager
 from datetime import timedelta
 from pathlib import Path
 
@@ -19,19 +25,42 @@ from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model
                                                      get_optimizer_state_dict, set_optimizer_state_dict)
 from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
-from model import save_checkpoint
+from model import recover_checkpoint, save_checkpoint
 
 
 
-def config_from_args(cls, argv=None):
-    """Command-line flags from a dataclass's fields, defaults included."""
+def field_help(cls):
+    """{field: its comment in the dataclass source}: the comments are the flags' help texts."""
+    source = inspect.getsource(cls)
+    return dict(re.findall(r"^\s+(\w+): [\w\[\], ]+ = [^#\n]*#\s*(.*)$", source, re.M))
+
+
+def parse_bool(s):
+    if s.lower() in ("1", "true", "yes"):
+        return True
+    if s.lower() in ("0", "false", "no"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false (or 1/0, yes/no), got {s!r}")
+
+
+def config_from_args(cls, argv=None, defaults_by=None):
+    """Command-line flags from a dataclass's fields: defaults, and the field comments as help.
+    defaults_by = (flag, {value: {field: default}}): defaults that depend on another flag's value
+    (train_rl.py's per-algorithm ones); a flag given on the command line always wins."""
+    helps = field_help(cls)
     parser = argparse.ArgumentParser(description=cls.__doc__)
     for f in fields(cls):
+        other = "".join(f"; {v}: {d[f.name]}" for v, d in (defaults_by[1] if defaults_by else {}).items() if f.name in d)
+        shown = "%(default)r" if isinstance(f.default, str) else "%(default)s"
+        help = helps.get(f.name, "").replace("%", "%%") + f" (default: {shown}{other})"
         if f.type in (bool, "bool"):
-            parser.add_argument(f"--{f.name}", type=lambda s: s.lower() in ("1", "true", "yes"),
-                                nargs="?", const=True, default=f.default)
+            parser.add_argument(f"--{f.name}", type=parse_bool, nargs="?", const=True, default=f.default,
+                                metavar="{true,false}", help=help)
         else:
-            parser.add_argument(f"--{f.name}", type=type(f.default), default=f.default)
+            parser.add_argument(f"--{f.name}", type=type(f.default), default=f.default, help=help)
+    if defaults_by:
+        flag, table = defaults_by
+        parser.set_defaults(**table.get(getattr(parser.parse_known_args(argv)[0], flag), {}))
     return cls(**vars(parser.parse_args(argv)))
 
 
@@ -91,22 +120,96 @@ def autocast(device):
     return torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda" and not dist.is_initialized())
 
 
+def broadcast(obj):
+    """Rank 0's value on every rank (a decision only rank 0 can make, such as a file check)."""
+    if dist.is_initialized():
+        box = [obj]
+        dist.broadcast_object_list(box, src=0)
+        obj = box[0]
+    return obj
+
+
+@contextmanager
+def run_folder(out_dir, resume, overwrite, rank):
+    """The run's output folder, held for the run's lifetime: created; locked, so that a second run
+    into it stops at once (the kernel drops the lock of a process that dies, so no stale lock
+    survives a kill); a checkpoint save a kill interrupted is finished or undone; a folder that
+    holds a run is only continued (--resume) or replaced (--overwrite) when the user says so."""
+    out, error, lock = Path(out_dir), "", None
+    if rank == 0:
+        out.mkdir(parents=True, exist_ok=True)
+        lock = open(out / ".lock", "a+")
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            lock.truncate(0)
+            lock.write(f"{os.getpid()}\n")
+            lock.flush()
+            recover_checkpoint(out / "latest")
+            if resume and not (out / "latest" / "train_state.pt").is_file():
+                error = f"--resume: {out}/latest/train_state.pt not found"
+            elif not resume and not overwrite and ((out / "metrics.jsonl").exists() or (out / "latest").exists()):
+                error = (f"--out_dir {out} holds a run: give --resume to continue it, --overwrite to start over "
+                         f"in it (its metrics and checkpoint are replaced), or another --out_dir")
+        except BlockingIOError:
+            lock.seek(0)
+            error = f"--out_dir {out} is in use by another run (pid {lock.read().strip()}): wait for it or choose another --out_dir"
+    error = broadcast(error)
+    try:
+        if error:
+            raise SystemExit(error)
+        yield out
+    finally:
+        if lock:
+            lock.close()
+
+
 def save_training_checkpoint(out_dir, model, optimizer, step, cfg, rank, keep_copy=False):
     """out_dir/latest: the model in the LLaDA layout plus train_state.pt (optimizer, step,
-    config), gathered from all ranks and written by rank 0, complete or not at all."""
+    config), gathered from all ranks and written by rank 0, complete or not at all. Weights with a
+    non-finite value are never written: the run stops and the last good checkpoint stays."""
     opts = StateDictOptions(full_state_dict=True, cpu_offload=True)
     state = get_model_state_dict(model, options=opts)
+    bad = broadcast(next((k for k, t in state.items() if not torch.isfinite(t).all()), "") if rank == 0 else "")
+    if bad:
+        raise SystemExit(f"step {step}: the weights hold non-finite values ({bad}); not saved, "
+                         f"{Path(out_dir) / 'latest'} keeps the last good checkpoint (if any); try a lower --lr")
     train_state = {"optimizer": get_optimizer_state_dict(model, optimizer, options=opts), "step": step, "config": asdict(cfg)}
+    error = ""
     if rank == 0:
-        for name in ["latest"] + ([f"step_{step}"] if keep_copy else []):
-            save_checkpoint(Path(out_dir) / name, state, model.config, files_from=model.source_dir, train_state=train_state)
-    if dist.is_initialized():  # nobody runs ahead into a collective while rank 0 writes
-        dist.barrier()
+        try:
+            for name in ["latest"] + ([f"step_{step}"] if keep_copy else []):
+                save_checkpoint(Path(out_dir) / name, state, model.config, files_from=model.source_dir, train_state=train_state)
+        except OSError as e:  # save_checkpoint's one-line message (a full disk), on every rank
+            error = str(e)
+    error = broadcast(error)  # also: nobody runs ahead into a collective while rank 0 writes
+    if error:
+        raise SystemExit(error)
 
 
-def load_training_state(ckpt_dir, model, optimizer):
-    """Restore the optimizer from ckpt_dir/train_state.pt; returns the step to continue from."""
-    state = torch.load(Path(ckpt_dir) / "train_state.pt", map_location="cpu", weights_only=False)
+def read_training_state(ckpt_dir, cfg, same, steps):
+    """ckpt_dir/train_state.pt, read before anything is built. The flags in `same` must equal the
+    saved run's: a resume continues that run, it cannot become another algorithm, task or model."""
+    path = Path(ckpt_dir) / "train_state.pt"
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=False)
+        saved = state["config"]
+    except Exception as e:  # a truncated or foreign file: torch's message alone does not say which file
+        raise SystemExit(f"--resume: cannot read {path} ({type(e).__name__}: {e}); it is damaged or not "
+                         f"written by this project's trainers") from None
+    differ = [k for k in same if k in saved and saved[k] != getattr(cfg, k)]
+    if differ:
+        raise SystemExit(f"--resume: the run in {Path(ckpt_dir).parent} has " +
+                         ", ".join(f"--{k} {saved[k]!r}" for k in differ) + " but this command gives " +
+                         ", ".join(f"--{k} {getattr(cfg, k)!r}" for k in differ) +
+                         ": give the saved values, or start a new run in another --out_dir")
+    if state["step"] >= steps:
+        raise SystemExit(f"--resume: the run in {Path(ckpt_dir).parent} is already at step {state['step']} of "
+                         f"{steps}: ask for more steps to continue it")
+    return state
+
+
+def load_training_state(state, model, optimizer):
+    """Restore the optimizer from a read_training_state; returns the step to continue from."""
     set_optimizer_state_dict(model, optimizer, state["optimizer"], options=StateDictOptions(full_state_dict=True))
     return state["step"]
 
@@ -116,16 +219,27 @@ def lr_at(step, lr, warmup):
 
 
 class MetricsLog:
-    """metrics.jsonl: one JSON object per line, written by rank 0. A resumed run first drops the
-    rows a killed run logged after its last checkpoint, so every step appears once."""
+    """metrics.jsonl: one strict JSON object per line (non-finite numbers written as null), by
+    rank 0. A resumed run first drops the rows a killed run logged after its last checkpoint, so
+    every step appears once, and a torn last line that a kill mid-write can leave."""
 
     def __init__(self, out_dir, rank, resumed_step=0):
         self.path = Path(out_dir) / "metrics.jsonl" if rank == 0 else None
         if self.path and self.path.exists():
-            rows = [line for line in self.path.read_text().splitlines() if json.loads(line)["step"] <= resumed_step]
+            lines, rows = self.path.read_text(errors="replace").splitlines(), []
+            for i, line in enumerate(lines, 1):
+                try:
+                    step = json.loads(line)["step"]
+                except (ValueError, KeyError, TypeError) as e:
+                    if i == len(lines):
+                        break
+                    raise SystemExit(f"{self.path}:{i}: not a metrics row ({type(e).__name__}: {e})") from None
+                if step <= resumed_step:
+                    rows.append(line)
             self.path.write_text("".join(line + "\n" for line in rows))
 
     def write(self, **row):
         if self.path:
+            row = {k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in row.items()}
             with open(self.path, "a") as f:
-                f.write(json.dumps(row) + "\n")
+                f.write(json.dumps(row, allow_nan=False) + "\n")

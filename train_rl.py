@@ -31,50 +31,68 @@ from model import LLaDA, load_tokenizer
 from sample import banned_ids, generate, left_pad
 from tasks import get_task
 from train_common import (MetricsLog, autocast, config_from_args, back_to_training, load_training_state, lr_at,
-                       prepare_model, save_training_checkpoint, setup_distributed)
+                          prepare_model, read_training_state, run_folder, save_training_checkpoint, setup_distributed)
 
 
 @dataclass
 class RLConfig:
     """GRPO for masked diffusion LMs (train_rl.py); every field is a --flag."""
-    algo: str = "cj_grpo"             # cj_grpo | just_grpo | diffu_grpo
-    init: str = "checkpoints/llada-tiny"
-    task: str = "sudoku"
+    algo: str = "cj_grpo"             # cj_grpo | just_grpo | diffu_grpo (some defaults follow the algorithm: see below)
+    init: str = "checkpoints/llada-tiny"  # the starting checkpoint (LLaDA layout)
+    task: str = "sudoku"              # sudoku | countdown | gsm8k | math500
     data: str = ""                    # training data file (gsm8k, math500); generated for countdown/sudoku
     n_train: int = 20000              # generated training problems (countdown, sudoku)
     style: str = "compact"            # prompt style: compact (small models), d1 (cj/diffu on 8B), just
-    out_dir: str = "out/rl"
+    out_dir: str = ""                 # checkpoints and metrics.jsonl; "" = out/rl/<algo>-<task>
+    overwrite: bool = False           # start over in an --out_dir that holds a run (its metrics and checkpoint are replaced)
     steps: int = 60                   # optimizer steps
-    prompts_per_step: int = 16        # over all ranks
+    prompts_per_step: int = 16        # prompts per optimizer step, over all ranks
     group_size: int = 6               # G completions per prompt
     micro_batch: int = 48             # sequences per forward in the training phase
     num_iterations: int = 2           # mu: updates per rollout batch (PPO clip applies from the 2nd)
-    lr: float = 1e-4                  # for the ~3M-parameter bundled model; the papers use 3e-6 (CJ) and 5e-6 (Just) at 8B
-    warmup: int = 5
-    weight_decay: float = 0.1
-    grad_clip: float = 0.2
+    lr: float = 1e-4                  # learning rate, for the ~3M-parameter bundled model; the papers use 3e-6 (CJ) and 5e-6 (Just) at 8B
+    warmup: int = 5                   # steps of linear lr warm-up, then constant
+    adam_beta1: float = 0.9           # AdamW beta1
+    adam_beta2: float = 0.99          # AdamW beta2
+    weight_decay: float = 0.1         # AdamW weight decay (decoupled)
+    grad_clip: float = 0.2            # max global gradient norm
+    max_skipped: int = 3              # stop (exit 1) after this many steps in a row without an update (non-finite gradients)
     clip_eps: float = 0.5             # CJ-GRPO's eps; JustGRPO publishes 0.2 (inert there, see just_grpo_loss)
     beta: float = 0.0                 # KL weight to a frozen copy of the starting weights
     std_norm: bool = False            # divide advantages by the group std (JustGRPO) or not (d1, CJ-GRPO)
-    gen_length: int = 64
+    gen_length: int = 64              # completion window L (tokens)
     schedule: str = "ass"             # rollout schedule for cj_grpo / diffu_grpo: ass | linear
     diffusion_steps: int = 0          # 0 = log2(gen_length) for ass, gen_length / 2 for linear
     block_length: int = 0             # 0 = gen_length (full diffusion); e.g. 32 for semi-AR
-    block_num: int = 1
-    eoser: bool = True
-    eos_min_gamma: float = 0.01
-    temperature: float = 1.0
+    block_num: int = 1                # ass: number of blocks the window is cut into
+    eoser: bool = True                # EOS early rejection in the rollout (cj_grpo / diffu_grpo)
+    eos_min_gamma: float = 0.01       # EOSER's smallest EOS confidence scale (first step)
+    temperature: float = 1.0          # rollout sampling temperature (0 = greedy)
     prompt_mask_p: float = 0.15       # diffu_grpo: prompt tokens masked per iteration
     top_entropy: float = 1.0          # just_grpo: train only this fraction of highest-entropy positions
     skip_eos_tail: bool = False       # just_grpo: skip positions after the first EOS
     stack: int = 64                   # just_grpo: (sequence, position) pairs per forward
-    eval_every: int = 10
-    eval_n: int = 256
-    save_every: int = 20
-    seed: int = 0
-    resume: bool = False
-    device: str = ""
+    eval_every: int = 10              # steps between held-out evaluations (and one at the end)
+    eval_n: int = 256                 # held-out problems (with --data: the file's last eval_n rows)
+    save_every: int = 20              # steps between checkpoints (and one at the end)
+    seed: int = 0                     # data order and sampling; a run is reproducible from it
+    resume: bool = False              # continue the run in --out_dir from its latest checkpoint
+    device: str = ""                  # "" = cuda if available, else cpu
     compile: bool = False             # torch.compile each block (fuses the elementwise work; first steps compile)
+
+
+# Where the reference trainers differ, each --algo starts from its own reference's settings (a flag
+# given on the command line wins). JustGRPO's grpo.py: AdamW betas (0.9, 0.999), eps 1e-8, weight
+# decay 0, constant lr without warm-up, gradient clip 1.0, std-normalised advantages, one update per
+# rollout. CJ-GRPO and d1 (TRL's GRPOTrainer): the dataclass defaults above.
+ALGO_DEFAULTS = {
+    "cj_grpo": {},
+    "diffu_grpo": {},
+    "just_grpo": dict(num_iterations=1, adam_beta2=0.999, weight_decay=0.0, warmup=0, grad_clip=1.0, std_norm=True,
+                      clip_eps=0.2),
+}
+# what a --resume must share with the saved run
+RESUME_SAME = ("algo", "task", "data", "style", "init")
 
 # -----------------------------------------------------------------------------
 # the GRPO pieces, one rule each
@@ -274,10 +292,12 @@ def encode_prompts(tok, task, examples, style, device):
 
 
 def score(tok, task, x, P, examples, algo):
+    """(rewards, correct) of each completion."""
     texts = [tok.decode(row, skip_special=True) for row in x[:, P:].cpu()]
+    correct = torch.tensor([float(task.is_correct(t, ex)) for t, ex in zip(texts, examples)])
     if algo == "just_grpo":  # JustGRPO: +1 correct / -1 wrong, no format terms
-        return torch.tensor([1.0 if task.is_correct(t, ex) else -1.0 for t, ex in zip(texts, examples)])
-    return torch.tensor([float(task.reward(t, ex)) for t, ex in zip(texts, examples)])
+        return 2 * correct - 1, correct
+    return torch.tensor([float(task.reward(t, ex)) for t, ex in zip(texts, examples)]), correct
 
 
 @torch.no_grad()
@@ -314,10 +334,10 @@ def rollout(model, tok, task, examples, cfg, device):
                            **decode_kwargs(cfg, cfg.algo))
     back_to_training(model)
     P = prompts.size(1)
-    rewards = score(tok, task, x, P, group, cfg.algo)
+    rewards, correct = score(tok, task, x, P, group, cfg.algo)
     full_attn = torch.cat([attn, torch.ones(len(group), cfg.gen_length, dtype=torch.bool, device=device)], 1)
     batch = dict(x=x, step_of=traj.step_of, logp=traj.logp, attn=full_attn, P=P, L=cfg.gen_length,
-                 num_steps=traj.num_steps, rewards=rewards.to(device), device=device,
+                 num_steps=traj.num_steps, rewards=rewards.to(device), correct=correct.to(device), device=device,
                  adv=group_advantages(rewards, cfg.group_size, cfg.std_norm).to(device))
     if traj.entropy is not None:
         batch["entropy"] = traj.entropy
@@ -379,6 +399,31 @@ def check_config(cfg):
         raise ValueError(f"--group_size {cfg.group_size}: a group needs at least 2 completions")
     if not 0 < cfg.top_entropy <= 1:
         raise ValueError(f"--top_entropy {cfg.top_entropy}: expected a fraction in (0, 1]")
+    if cfg.schedule not in ("ass", "linear"):
+        raise ValueError(f"--schedule {cfg.schedule!r}: expected ass or linear")
+    for flag in ("steps", "eval_n", "prompts_per_step", "micro_batch", "num_iterations", "eval_every", "save_every",
+                 "max_skipped", "stack"):
+        if getattr(cfg, flag) < 1:
+            raise ValueError(f"--{flag} {getattr(cfg, flag)}: expected at least 1")
+    if not cfg.data and cfg.n_train < cfg.prompts_per_step:
+        raise ValueError(f"--n_train {cfg.n_train}: expected at least --prompts_per_step {cfg.prompts_per_step}")
+    if cfg.resume and cfg.overwrite:
+        raise ValueError("--resume and --overwrite: give one (continue the run, or start over in its folder)")
+
+
+def reward_scale(algo):
+    """What reward_mean means: JustGRPO's reward is the correctness sign, the others the task's reward."""
+    return "+1 correct / -1 wrong" if algo == "just_grpo" else "the task's reward (format terms + correctness)"
+
+
+def check_prompts(tok, task, examples, cfg, max_len, where):
+    """Every prompt fits beside gen_length into the model's window: checked before training, not
+    at the step that first samples the long one."""
+    for i, ex in enumerate(examples):
+        n = len(tok.chat_prompt(task.prompt(ex, style=cfg.style)))
+        if n + cfg.gen_length > max_len:
+            raise SystemExit(f"{where(i)}: the prompt is {n} tokens; with --gen_length {cfg.gen_length} that exceeds "
+                             f"the model's max_sequence_length {max_len}")
 
 
 def main(cfg):
@@ -386,30 +431,47 @@ def main(cfg):
     rank, world, device = setup_distributed(cfg.device)
     if cfg.prompts_per_step % world:
         raise ValueError(f"--prompts_per_step {cfg.prompts_per_step} must divide by the number of processes {world}")
-    out = Path(cfg.out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    cfg.out_dir = cfg.out_dir or f"out/rl/{cfg.algo}-{cfg.task}"  # runs of different algorithms never share a folder
+    with run_folder(cfg.out_dir, cfg.resume, cfg.overwrite, rank) as out:
+        train(cfg, out, rank, world, device)
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def train(cfg, out, rank, world, device):
     start = out / "latest" if cfg.resume else Path(cfg.init)
-    if cfg.resume and not (start / "train_state.pt").is_file():
-        raise FileNotFoundError(f"--resume: {start}/train_state.pt not found")
+    saved = read_training_state(start, cfg, RESUME_SAME, cfg.steps) if cfg.resume else None
     model = LLaDA.from_pretrained(start)
     tok = load_tokenizer(model.source_dir)
     ref = None
     if cfg.beta > 0:
         ref = prepare_model(LLaDA.from_pretrained(cfg.init), world, device, frozen=True).eval().requires_grad_(False)
     model = prepare_model(model, world, device, cfg.compile)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.9, 0.99), weight_decay=cfg.weight_decay,
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(cfg.adam_beta1, cfg.adam_beta2),
+                                  weight_decay=cfg.weight_decay,
                                   fused=device.type == "cuda")  # one kernel pass over the state, not several
-    step = load_training_state(start, model, optimizer) if cfg.resume else 0
+    step = load_training_state(saved, model, optimizer) if cfg.resume else 0
     task = get_task(cfg.task)
     if cfg.data:  # the file's last eval_n rows are held out, never trained on
         rows = task.load(cfg.data)
+        if len(rows) < cfg.eval_n + cfg.prompts_per_step:
+            raise SystemExit(f"--data {cfg.data}: {len(rows)} rows, but --eval_n {cfg.eval_n} held out + "
+                             f"--prompts_per_step {cfg.prompts_per_step} to train on need {cfg.eval_n + cfg.prompts_per_step}")
         train_set, held_out = rows[:-cfg.eval_n], rows[-cfg.eval_n:]
+        where = lambda i: f"--data {cfg.data} row {i + 1}"
     else:
         # held out: the validation split (checkpoints and hyperparameters are chosen on it), never test
         train_set, held_out = task.generate(cfg.n_train, seed=0), task.generate(cfg.eval_n, seed=1, split="validation")
+        where = lambda i: (f"{cfg.task} training problem {i}" if i < len(train_set) else
+                           f"{cfg.task} held-out problem {i - len(train_set)}") + " (generated)"
+    check_prompts(tok, task, train_set + held_out, cfg, model.config.max_sequence_length, where)
     log = MetricsLog(out, rank, resumed_step=step)
     per_rank = cfg.prompts_per_step // world
+    if rank == 0:
+        tqdm.write(f"{cfg.algo} on {cfg.task}: reward = {reward_scale(cfg.algo)}; acc = share of rollouts correct "
+                   f"(eval = held-out, greedy)")
     pbar = tqdm(range(step, cfg.steps), initial=step, total=cfg.steps, disable=rank != 0)
+    eval_acc, no_update = None, 0
     for step in pbar:
         torch.manual_seed(cfg.seed * 1_000_003 + step * world + rank)
         epoch, pos = divmod(step * cfg.prompts_per_step, len(train_set) - len(train_set) % cfg.prompts_per_step)
@@ -433,8 +495,9 @@ def main(cfg):
         eos = batch["x"][:, batch["P"]:] == model.config.eos_token_id
         length = torch.where(eos.any(1), eos.float().argmax(1), cfg.gen_length).float()
         r = all_ranks(batch["rewards"]).view(-1, cfg.group_size)
+        correct = all_ranks(batch["correct"])
         losses = all_ranks(torch.tensor([stats["loss"], stats["clipped"], stats["kl"]], device=device)).view(-1, 3).mean(0)
-        row = dict(step=step + 1, reward_mean=r.mean().item(), reward_std=r.std(1).mean().item(),
+        row = dict(step=step + 1, reward_mean=r.mean().item(), reward_std=r.std(1).mean().item(), acc=correct.mean().item(),
                    zero_spread=(r.std(1) == 0).float().mean().item(), completion_length=all_ranks(length).mean().item(),
                    loss=losses[0].item(), clipped=losses[1].item(), kl=losses[2].item(), skipped=stats["skipped"],
                    rollout_time=t1 - t0, train_time=t2 - t1, lr=lr_at(step, cfg.lr, cfg.warmup),
@@ -443,15 +506,23 @@ def main(cfg):
         if (step + 1) % cfg.eval_every == 0 or step + 1 == cfg.steps:
             row["eval_acc"], row["eval_reward"] = evaluate(model, tok, task, held_out, cfg, decode_kwargs(cfg, cfg.algo),
                                                            device, rank, world)
+            eval_acc = row["eval_acc"]
             if rank == 0:
                 tqdm.write(json.dumps(row))
         log.write(**row)
-        pbar.set_postfix(reward=f"{row['reward_mean']:.3f}", loss=f"{row['loss']:.4f}")
+        pbar.set_postfix(reward=f"{row['reward_mean']:.3f}", acc=f"{row['acc']:.3f}", loss=f"{row['loss']:.4f}",
+                         **({} if eval_acc is None else dict(eval_acc=f"{eval_acc:.3f}")))
+        no_update = no_update + 1 if stats["skipped"] == cfg.num_iterations else 0
+        if no_update >= cfg.max_skipped:
+            raise SystemExit(f"stopped at step {step + 1}: {no_update} steps in a row had non-finite gradients "
+                             f"(--max_skipped {cfg.max_skipped}); the weights are not saved, {out / 'latest'} keeps the "
+                             f"last checkpoint (if any). Try a lower --lr or --grad_clip")
         if (step + 1) % cfg.save_every == 0 or step + 1 == cfg.steps:
             save_training_checkpoint(out, model, optimizer, step + 1, cfg, rank)
-    if dist.is_initialized():
-        dist.destroy_process_group()
+    if rank == 0:
+        print(f"checkpoint: {out / 'latest'}\nmetrics: {out / 'metrics.jsonl'} (plot: python experiments/plot_metrics.py "
+              f"{out / 'metrics.jsonl'})")
 
 
 if __name__ == "__main__":
-    main(config_from_args(RLConfig))
+    main(config_from_args(RLConfig, defaults_by=("algo", ALGO_DEFAULTS)))

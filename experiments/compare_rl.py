@@ -52,7 +52,7 @@ def main():
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     base = RL.RLConfig(steps=args.steps, lr=args.lr, eval_every=args.steps, save_every=args.steps,
                        eval_n=args.eval_n, device=args.device, stack=1024,
-                       prompts_per_step=args.prompts_per_step)
+                       prompts_per_step=args.prompts_per_step, overwrite=True)  # a rerun replaces its own out/compare runs
     examples = get_task(base.task).generate(args.eval_n, seed=1)
     results, before = [], {}
     for seed in map(int, args.seeds.split(",")):  # seed-major, so a cut-short run still covers every algorithm
