@@ -40,7 +40,7 @@ class RLConfig:
     algo: str = "cj_grpo"             # cj_grpo | just_grpo | diffu_grpo
     init: str = "checkpoints/llada-tiny"
     task: str = "sudoku"
-    data: str = ""                    # training data file (gsm8k, math500); generated for countdown/sudoku
+    data: str = ""                    # training data file (gsm8k, math500, mbpp); generated for countdown/sudoku
     n_train: int = 20000              # generated training problems (countdown, sudoku)
     style: str = "compact"            # prompt style: compact (small models), d1 (cj/diffu on 8B), just
     out_dir: str = "out/rl"
@@ -259,9 +259,10 @@ def encode_prompts(tok, task, examples, style, device):
 
 def score(tok, task, x, P, examples, algo):
     texts = [tok.decode(row, skip_special=True) for row in x[:, P:].cpu()]
+    graded = task.grade(texts, examples)  # code tasks: the programs run in parallel
     if algo == "just_grpo":  # JustGRPO: +1 correct / -1 wrong, no format terms
-        return torch.tensor([1.0 if task.is_correct(t, ex) else -1.0 for t, ex in zip(texts, examples)])
-    return torch.tensor([float(task.reward(t, ex)) for t, ex in zip(texts, examples)])
+        return torch.tensor([1.0 if correct else -1.0 for correct, _ in graded])
+    return torch.tensor([reward for _, reward in graded])
 
 
 @torch.no_grad()
@@ -276,10 +277,9 @@ def evaluate(model, tok, task, examples, cfg, decoding, device, rank, world, bat
         prompts, attn = encode_prompts(tok, task, chunk, cfg.style, device)
         with autocast(device):
             x = generate(model, prompts, attention_mask=attn, gen_length=cfg.gen_length, **decoding)
-        for row, ex in zip(x[:, prompts.size(1):].cpu(), chunk):
-            text = tok.decode(row, skip_special=True)
-            correct += task.is_correct(text, ex)
-            reward += float(task.reward(text, ex))
+        texts = [tok.decode(row, skip_special=True) for row in x[:, prompts.size(1):].cpu()]
+        for c, r in task.grade(texts, chunk):
+            correct, reward = correct + c, reward + r
     totals = torch.tensor([correct, reward], device=device)
     if dist.is_initialized():
         dist.all_reduce(totals)
@@ -387,7 +387,9 @@ def main(cfg):
                                   fused=device.type == "cuda")  # one kernel pass over the state, not several
     step = load_training_state(start, model, optimizer) if cfg.resume else 0
     task = get_task(cfg.task)
-    if cfg.data:  # the file's last eval_n rows are held out, never trained on
+    if cfg.data and cfg.task == "mbpp":  # MBPP's own split by task_id: train 601-974, held out from 511-600
+        train_set, held_out = task.load(cfg.data, "train"), task.load(cfg.data, "validation")[:cfg.eval_n]
+    elif cfg.data:  # the file's last eval_n rows are held out, never trained on
         rows = task.load(cfg.data)
         train_set, held_out = rows[:-cfg.eval_n], rows[-cfg.eval_n:]
     else:
