@@ -159,12 +159,23 @@ def _end(proc, pid_namespace):
             os.kill(pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
-    if not children:  # killpg before reaping the leader: its pid (the group id) cannot be reused yet
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
-    proc.wait()
+    if not children:
+        _killpg(proc)
+    proc.stdout.close()  # unshare reports its child's death on stderr: a full pipe must not block it
+    try:
+        proc.wait(timeout=5)
+    except subprocess.TimeoutExpired:
+        _killpg(proc)
+        proc.wait()
+
+
+def _killpg(proc):
+    """SIGKILL the run's process group; called before the leader is reaped, so its pid (the group id)
+    cannot have been reused."""
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
 
 
 def _exited(proc):
@@ -233,7 +244,6 @@ def _run(program, tests, limits, box):
             passed, status, output = _watch(proc, report_r, nonce_w, limits, start + limits.wall_s)
         finally:
             _end(proc, bool(box["prefix"]))
-            proc.stdout.close()
     finally:
         for fd in fds:
             os.close(fd)

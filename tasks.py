@@ -635,8 +635,9 @@ def _fenced(code):
 
 def _mbpp_header(row):
     """JustGRPO's MBPP function header: the name is the second space-separated word of the first
-    test up to "(" (as published: "assert (Diff(...))" gives "(Diff"), with one input_param_i per
-    argument of the first call of that name (2 when the test does not parse)."""
+    test up to "(" (as published: "assert (Diff(...))" gives an empty name), with one input_param_i
+    per argument of the first call of that name (none found: no parameters; 2 when the test does
+    not parse)."""
     name = row["test_list"][0].split(" ")[1].split("(")[0]
     try:
         calls = [n for n in ast.walk(ast.parse(row["test_list"][0].strip()))
