@@ -649,8 +649,8 @@ def _mbpp_header(row):
 
 
 class CodeTask(Task):
-    """What HumanEval and MBPP share: the prompt styles around a problem text, the extraction,
-    and grading by running programs (in parallel in grade)."""
+    """What HumanEval and MBPP share: the prompt styles around a problem text, and grading by
+    running program(completion, example) -> (program, tests) in execute.py (in parallel in grade)."""
     limits = Limits()
 
     def prompt(self, example, style="d1"):
@@ -658,10 +658,6 @@ class CodeTask(Task):
             return self.compact(example)
         just = self.just_prompt(example)
         return just if style == "just" else D1_FORMAT + "\n\n" + just  # (ours) d1 has no code prompts
-
-    def program(self, completion, example):
-        """(program, tests) for execute.py from a completion."""
-        raise NotImplementedError
 
     def grade(self, completions, examples):
         results = run_batch([self.program(_text(c), e) for c, e in zip(completions, examples)], self.limits)
