@@ -17,6 +17,8 @@ invalid arguments raise where LLaDA asserts or d1 silently drops steps. No KV ca
     python sample.py --random_model --prompt "hi"              # random weights: noise, but no checkpoint needed
     python sample.py --model DIR --device cuda --prompt "What is 7*8?" --block_length 32
     python sample.py --task sudoku --eval 200 --batch_size 50 --schedule ass --eoser
+    python sample.py --model DIR --device cuda --task humaneval --data HumanEval.jsonl --eval 164 \
+        --block_length 32 --samples 10 --temperature 0.8        # pass@1 .. pass@10 (unbiased estimator)
 """
 import argparse
 import functools
@@ -402,9 +404,12 @@ def main(argv=None):
                    help="instead of --model: a tiny random-weight model with a byte tokenizer (its output is noise)")
     p.add_argument("--prompt", default=None, help="user text (chat template applied); default: a --task example")
     p.add_argument("--task", default="sudoku", choices=list(TASKS), help="task of the example or of --eval")
+    p.add_argument("--style", default=None, choices=("d1", "d1_eval", "just", "compact"),
+                   help="prompt style (tasks.py); default: d1 for LLaDA-8B (just for humaneval / mbpp), compact for small models")
     p.add_argument("--data", default=None, help="task data file (JSONL / CSV); default: generated examples")
     p.add_argument("--eval", type=number(int, 0), default=0, metavar="N", help="evaluate N held-out task examples (0: show one generation)")
     p.add_argument("--batch_size", type=number(int, 1), default=16, help="prompts per generate() call in --eval")
+    p.add_argument("--samples", type=number(int, 1), default=1, help="completions per example in --eval: reports pass@k for k up to it")
     p.add_argument("--gen_length", type=number(int, 1), default=None, help="generation window L; default: 256 for LLaDA-8B, 64 (their training window) for small models")
     p.add_argument("--steps", type=number(int, 1), default=None, help="decoding steps; default: gen_length (linear), floor(log2 gen_length) (ass)")
     p.add_argument("--schedule", default="linear", choices=SCHEDULES, help="slots committed per step (DEFINITIONS.md 2.2)")
@@ -437,12 +442,16 @@ def main(argv=None):
         except (OSError, ValueError) as e:  # model.py's loading errors name the file and what was expected
             p.error(f"--model {a.model}: {e}")
     torch.manual_seed(a.seed)
-    style = "d1" if model.config.vocab_size > 100_000 else "compact"  # LLaDA-8B: d1 prompts; small models: compact
+    style = a.style or ("compact" if model.config.vocab_size < 100_000 else  # small models: compact; LLaDA-8B:
+                        "just" if a.task in ("humaneval", "mbpp") else "d1")  # d1 prompts (d1 has none for code)
     task, n = None, max(a.eval, 1)
     if a.prompt is None or a.eval:
         from tasks import get_task
         task = get_task(a.task)  # seed 1: the held-out set train_rl.py reports (tasks.py: seed 0 is train)
-        examples = (task.load(a.data) if a.data else task.generate(n, seed=1))[:n]
+        if a.data:  # MBPP: its test split (task_ids 11-510)
+            examples = (task.load(a.data, "test") if a.task == "mbpp" else task.load(a.data))[:n]
+        else:
+            examples = task.generate(n, seed=1)[:n]
         texts = [task.prompt(ex, style=style) for ex in examples]
     else:
         texts = [a.prompt]
@@ -475,22 +484,32 @@ def show_one(model, tok, task, example, text, prompt, device, kw):
 
 
 def evaluate(model, tok, task, examples, prompts, a, kw):
-    """Accuracy, mean reward, model calls and tokens/s (generation window slots, EOS padding included)."""
+    """Accuracy, mean reward, model calls and tokens/s (generation window slots, EOS padding included);
+    with --samples n, pass@k for k = 1, 2, 4, ... n by the unbiased estimator over n completions each."""
     from tqdm import tqdm
-    correct = reward = calls = 0
+    from tasks import pass_at_k
+    if a.samples < 1:
+        raise SystemExit(f"--samples {a.samples}: expected at least 1")
+    examples = [ex for ex in examples for _ in range(a.samples)]  # the samples of an example are adjacent
+    prompts = [p for p in prompts for _ in range(a.samples)]
+    passed, reward, calls = [], 0.0, 0
     start = time.time()
     for i in (bar := tqdm(range(0, len(examples), a.batch_size), unit="batch")):
         ids, attn = left_pad(prompts[i:i + a.batch_size], tok.eos_id, a.device)
         x, traj = generate(model, ids, attention_mask=attn, **kw)
-        for row, ex in zip(x[:, ids.shape[1]:].tolist(), examples[i:i + a.batch_size]):
-            answer = tok.decode(row, skip_special=True)
-            correct += bool(task.is_correct(answer, ex))
-            reward += task.reward(answer, ex)
+        answers = [tok.decode(row, skip_special=True) for row in x[:, ids.shape[1]:].tolist()]
+        for c, r in task.grade(answers, examples[i:i + a.batch_size]):
+            passed.append(c)
+            reward += r
         calls += traj.num_calls
-        bar.set_postfix(acc=f"{correct / min(i + a.batch_size, len(examples)):.3f}")
+        bar.set_postfix(acc=f"{sum(passed) / len(passed):.3f}")
     n, dt = len(examples), time.time() - start
-    print(f"{a.task} ({n} examples, {a.schedule}{' + eoser' if a.eoser else ''}): accuracy {correct / n:.4f}  mean reward "
-          f"{reward / n:.4f}  model calls {calls} ({calls / -(-n // a.batch_size):.1f} per batch)  {n * kw['gen_length'] / dt:.1f} tokens/s")
+    print(f"{a.task} ({n // a.samples} examples x {a.samples}, {a.schedule}{' + eoser' if a.eoser else ''}): accuracy "
+          f"{sum(passed) / n:.4f}  mean reward {reward / n:.4f}  model calls {calls} ({calls / -(-n // a.batch_size):.1f} "
+          f"per batch)  {n * kw['gen_length'] / dt:.1f} tokens/s")
+    counts = [sum(passed[j:j + a.samples]) for j in range(0, n, a.samples)]
+    ks = [2 ** j for j in range(a.samples.bit_length()) if 2 ** j < a.samples] + [a.samples]
+    print("  ".join(f"pass@{k} {sum(pass_at_k(a.samples, c, k) for c in counts) / len(counts):.4f}" for k in ks))
 
 
 if __name__ == "__main__":

@@ -1,8 +1,9 @@
 """
-The tasks: GSM8K, MATH500, Countdown (3 numbers), 4x4 Sudoku and arithmetic word problems (a
-chain of 2 to 6 dependent steps). Each one loads its data, writes prompts, scores a completion for
-training (`reward`) and for evaluation (`is_correct`), and writes a reference completion (for SFT
-and tests). Countdown, Sudoku and arithmetic are generated here.
+The tasks: GSM8K, MATH500, Countdown (3 numbers), 4x4 Sudoku, arithmetic word problems (a chain
+of 2 to 6 dependent steps), and the code tasks HumanEval and MBPP (their programs run in
+execute.py's contained interpreter). Each one loads its data, writes prompts, scores a completion
+for training (`reward`) and for evaluation (`is_correct`), and writes a reference completion (for
+SFT and tests). Countdown, Sudoku and arithmetic are generated here.
 
     task = get_task("countdown")
     train, test = task.generate(2000, seed=0), task.generate(500, seed=1)  # disjoint: see _split_for
@@ -14,8 +15,8 @@ reference code are marked (ours). Prompt styles:
     d1       d1 / CJ-GRPO training prompt: format text at the start of the user turn
     d1_eval  d1 evaluation prompt (asks for \\boxed{} inside <answer>); the assistant turn is
              pre-filled with task.prefill("d1_eval") == "<reasoning>"
-    just     JustGRPO: the bare question, MATH adds a \\boxed{} instruction (gsm8k, math500 only);
-             its reward is +1 if is_correct else -1
+    just     JustGRPO: the bare question, MATH adds a \\boxed{} instruction; its code prompts for
+             humaneval and mbpp (not countdown, sudoku); its reward is +1 if is_correct else -1
     compact  a short prompt for the project's tiny byte-level models, answered "<answer>...</answer>"
 Rewards take anything: None, empty or megabyte strings, unclosed tags score 0 (or the format-only
 part) and never raise. Every scan is linear in the completion length (no backtracking regex) and
@@ -25,12 +26,15 @@ import ast
 import csv
 import io
 import json
+import math
 import random
 import re
 import zlib
 from fractions import Fraction
 from itertools import permutations, product
 from pathlib import Path
+
+from execute import Limits, run_batch
 
 STYLES = ("d1", "d1_eval", "just", "compact")
 
@@ -181,6 +185,10 @@ class Task:
     def generate(self, n, seed, split=None):
         """n distinct examples, the same for the same seed; split as in _split_for."""
         raise ValueError(f"{self.name} is not generated: read it with load(path)")
+
+    def grade(self, completions, examples):
+        """(is_correct, reward) of each completion; the code tasks run their programs in parallel here."""
+        return [(bool(self.is_correct(c, e)), float(self.reward(c, e))) for c, e in zip(completions, examples)]
 
     def prefill(self, style="d1"):
         """Text after the assistant header: d1's evaluation starts the answer with "<reasoning>"."""
@@ -737,9 +745,157 @@ class Arithmetic(Task):
         return _completion(reasoning, f"\\boxed{{{answer}}}" if style == "d1_eval" else answer, style)
 
 # -----------------------------------------------------------------------------
+# Code: HumanEval and MBPP. A completion's program runs against the row's tests in execute.py's
+# contained interpreter; reward 1 if every test passes, else 0 (JustGRPO: +1 / -1, in train_rl).
+
+# JustGRPO's code prompts (its eval.py; the released code evaluates HumanEval and MBPP but does
+# not train on them). Both begin with this sentence.
+JUST_CODE = ("You are an expert Python programmer. Your task is to complete the implementation of a "
+             "function named `{name}`.\n\n")
+# MBPP's usual split by task_id (Austin et al. 2021): 1-10 few-shot prompts, 11-510 test,
+# 511-600 validation, 601-974 train.
+MBPP_SPLITS = {"prompt": range(1, 11), "test": range(11, 511), "validation": range(511, 601), "train": range(601, 975)}
+
+
+def extract_code(text):
+    """JustGRPO's answer extraction: the first ```python block, stripped, else the whole completion.
+    Written with str.find (linear time); it gives what its regex r"```python\n(.*?)```" (DOTALL) gives."""
+    start = text.find("```python\n")
+    end = text.find("```", start + len("```python\n")) if start >= 0 else -1
+    return text[start + len("```python\n"):end].strip() if end >= 0 else text
+
+
+def _fenced(code):
+    return f"```python\n{code.strip()}\n```"
+
+
+def _mbpp_header(row):
+    """JustGRPO's MBPP function header: the name is the second space-separated word of the first
+    test up to "(" (as published: "assert (Diff(...))" gives an empty name), with one input_param_i
+    per argument of the first call of that name (none found: no parameters; 2 when the test does
+    not parse)."""
+    name = row["test_list"][0].split(" ")[1].split("(")[0]
+    try:
+        calls = [n for n in ast.walk(ast.parse(row["test_list"][0].strip()))
+                 if isinstance(n, ast.Call) and getattr(n.func, "id", "") == name]
+        n_args = len(calls[0].args) if calls else 0
+    except SyntaxError:
+        n_args = 2
+    return name, ", ".join(f"input_param_{i + 1}" for i in range(n_args))
+
+
+class CodeTask(Task):
+    """What HumanEval and MBPP share: the prompt styles around a problem text, and grading by
+    running program(completion, example) -> (program, tests) in execute.py (in parallel in grade)."""
+    limits = Limits()
+
+    def prompt(self, example, style="d1"):
+        if self._style(style) == "compact":
+            return self.compact(example)
+        just = self.just_prompt(example)
+        return just if style == "just" else D1_FORMAT + "\n\n" + just  # (ours) d1 has no code prompts
+
+    def grade(self, completions, examples):
+        results = run_batch([self.program(_text(c), e) for c, e in zip(completions, examples)], self.limits)
+        return [(r.passed, float(r.passed)) for r in results]
+
+    def reward(self, completion, example):
+        """1.0 if the extracted program passes every test of the row, else 0.0."""
+        return self.grade([completion], [example])[0][1]
+
+    def is_correct(self, completion, example):
+        return self.grade([completion], [example])[0][0]
+
+    def reference(self, example, style="d1"):
+        code = self.solution(example)
+        if self._style(style) == "compact":
+            return self.compact_solution(example)
+        return _fenced(code) if style == "just" else _completion("The function below passes the tests.",
+                                                                  _fenced(code), style)
+
+
+class HumanEval(CodeTask):
+    """OpenAI's HumanEval rows {task_id, prompt, entry_point, canonical_solution, test}. As in
+    JustGRPO the program is the row's prompt, then the extracted code (which may redefine the
+    function), then the row's test and check(entry_point)."""
+    name = "humaneval"
+
+    def from_row(self, row):
+        keys = ("task_id", "prompt", "entry_point", "canonical_solution", "test")
+        if not all(isinstance(row[k], str) for k in keys):
+            raise ValueError(f"fields {keys} must be strings")
+        return {k: row[k] for k in keys}
+
+    def just_prompt(self, example):
+        return (JUST_CODE.format(name=example["entry_point"]) +
+                f"Here is the function to complete:\n```python\n{example['prompt'].rstrip()}\n```\n")
+
+    def compact(self, example):
+        """The def line of the entry point: the prompts of the small models' window (512) must stay short."""
+        head = f"def {example['entry_point']}("
+        return next((line for line in example["prompt"].splitlines() if line.startswith(head)), head)
+
+    def solution(self, example):
+        return example["prompt"] + example["canonical_solution"]
+
+    def compact_solution(self, example):
+        return example["canonical_solution"]  # the body: the program puts the row's prompt before it
+
+    def program(self, completion, example):
+        return (example["prompt"] + extract_code(completion) + "\n",
+                example["test"] + f"\ncheck({example['entry_point']})\n")
+
+
+class MBPP(CodeTask):
+    """Google's MBPP rows {task_id, text, code, test_list, test_setup_code, challenge_test_list}.
+    The program is the extracted code; the tests are test_setup_code (ours: JustGRPO's MBPP test
+    file is not published; two rows, 367 and 927, need it), then test_list (not the challenge tests)."""
+    name = "mbpp"
+
+    def from_row(self, row):
+        tests, setup = row["test_list"], row.get("test_setup_code", "")
+        if not (isinstance(row["task_id"], int) and isinstance(row["text"], str) and isinstance(row["code"], str)
+                and isinstance(setup, str) and tests and all(isinstance(t, str) for t in tests)):
+            raise ValueError("needs an int task_id, text, code, test_setup_code and a non-empty test_list of strings")
+        return {"task_id": row["task_id"], "text": row["text"], "code": row["code"], "test_list": list(tests),
+                "test_setup_code": setup}
+
+    def load(self, path, split=None):
+        """The rows of a split of MBPP_SPLITS by task_id (every row when split is None)."""
+        if split is not None and split not in MBPP_SPLITS:
+            raise ValueError(f"mbpp split {split!r}: use one of {', '.join(MBPP_SPLITS)}")
+        rows = super().load(path)
+        return rows if split is None else [r for r in rows if r["task_id"] in MBPP_SPLITS[split]]
+
+    def just_prompt(self, example):
+        name, params = _mbpp_header(example)
+        tests = "\n".join(f"    {t}" for t in example["test_list"])
+        return (JUST_CODE.format(name=name) + f"** TARGET FUNCTION **\n{example['text']}\n\n** UNIT TESTS **\n"
+                f"Your code should pass unit tests like:\n{tests}\n\nHere is the function to complete:\n"
+                f"```python\ndef {name}({params}):\n    \"\"\"{example['text']}\n    \"\"\"\n```\n")
+
+    def compact(self, example):
+        return f"{example['text']}\n{example['test_list'][0]}"
+
+    def solution(self, example):
+        return example["code"]
+
+    compact_solution = solution
+
+    def program(self, completion, example):
+        return extract_code(completion) + "\n", example["test_setup_code"] + "\n" + "\n".join(example["test_list"]) + "\n"
+
+
+def pass_at_k(n, c, k):
+    """The unbiased pass@k of Chen et al. (2021): 1 - C(n-c, k) / C(n, k) for n samples of which c pass."""
+    if not (0 <= c <= n and 1 <= k <= n):
+        raise ValueError(f"pass@k needs 0 <= c <= n and 1 <= k <= n (n={n}, c={c}, k={k})")
+    return 1.0 - math.comb(n - c, k) / math.comb(n, k)
+
+# -----------------------------------------------------------------------------
 
 TASKS = {"gsm8k": GSM8K, "math500": MATH500, "countdown": Countdown, "sudoku": Sudoku,
-         "arithmetic": Arithmetic}
+         "arithmetic": Arithmetic, "humaneval": HumanEval, "mbpp": MBPP}
 
 
 def get_task(name):

@@ -817,6 +817,199 @@ def test_malformed_data_files_name_file_and_line(tmp_path):
         T.get_task("gsm8k").load(p)
 
 
+# ---- code tasks and the executor ----
+import os
+import socket
+import tempfile
+
+import execute as E
+
+SMALL = E.Limits(wall_s=2.0, cpu_s=1, memory_mb=256, file_mb=1, procs=64, output_kb=64)
+HUMANEVAL_ROWS = [  # the published format; problems of our own
+    {"task_id": "Toy/0", "entry_point": "add_one",
+     "prompt": "from typing import List\n\n\ndef add_one(xs: List[int]) -> List[int]:\n    \"\"\" Add 1 to every element.\n    >>> add_one([1, 2])\n    [2, 3]\n    \"\"\"\n",
+     "canonical_solution": "    return [x + 1 for x in xs]\n",
+     "test": "\n\ndef check(candidate):\n    assert candidate([]) == []\n    assert candidate([1, 2]) == [2, 3]\n    assert candidate([-1]) == [0]\n"},
+    {"task_id": "Toy/1", "entry_point": "is_even",
+     "prompt": "def is_even(n: int) -> bool:\n    \"\"\" Whether n is even. \"\"\"\n",
+     "canonical_solution": "    return n % 2 == 0\n",
+     "test": "\n\ndef check(candidate):\n    assert candidate(4)\n    assert not candidate(7)\n"},
+]
+MBPP_ROWS = [
+    {"task_id": 12, "text": "Write a function to double a number.", "code": "def double(x):\r\n  return 2 * x",
+     "test_list": ["assert double(2) == 4", "assert double(0) == 0", "assert double(-3) == -6"],
+     "test_setup_code": "", "challenge_test_list": []},
+    {"task_id": 603, "text": "Write a function to count the nodes of a list.", "code": "def count(xs):\n    return len(xs)",
+     "test_list": ["assert (count(nodes)) == 3"], "test_setup_code": "nodes = [1, 2, 3]", "challenge_test_list": []},
+]
+
+
+def code_tasks(tmp_path):
+    he, mb = T.get_task("humaneval"), T.get_task("mbpp")
+    he.limits = mb.limits = SMALL
+    (tmp_path / "he.jsonl").write_text("".join(json.dumps(r) + "\n" for r in HUMANEVAL_ROWS))
+    (tmp_path / "mbpp.jsonl").write_text("".join(json.dumps(r) + "\n" for r in MBPP_ROWS))
+    return (he, he.load(tmp_path / "he.jsonl")), (mb, mb.load(tmp_path / "mbpp.jsonl"))
+
+
+def test_code_references_pass_in_every_style_and_broken_programs_score_zero(tmp_path):
+    completions, examples, expect = [], [], []
+    for task, rows in code_tasks(tmp_path):
+        for row in rows:
+            for style in T.STYLES:
+                completions.append(task.reference(row, style)), examples.append((task, row)), expect.append(True)
+            good = task.solution(row)
+            name = row.get("entry_point") or good.split("def ")[1].split("(")[0]
+            broken = [good.replace("return ", "return 1 + "),          # wrong value
+                      good.replace("return ", "return ("),             # syntax error
+                      good.replace("return ", "return 1 / 0 + "),      # exception
+                      f"def {name}(*args):\n    while True:\n        pass\n"]  # infinite loop
+            for code in broken:
+                completions.append(f"```python\n{code}\n```"), examples.append((task, row)), expect.append(False)
+    he_mb = {t.name: t for t, _ in examples}
+    got = []
+    for name, task in he_mb.items():  # one parallel batch per task
+        idx = [i for i, (t, _) in enumerate(examples) if t is task]
+        got += list(zip(idx, task.grade([completions[i] for i in idx], [examples[i][1] for i in idx])))
+    assert [g for _, g in sorted(got)] == [(e, float(e)) for e in expect]
+    he, row = examples[0][0], examples[0][1]
+    assert he.reward(he.reference(row, "just"), row) == 1.0 and he.is_correct("no code at all", row) is False
+    assert he.reward(None, row) == 0.0
+
+
+def test_code_prompts_follow_justgrpo_and_mbpp_split(tmp_path):
+    (he, he_rows), (mb, mb_rows) = code_tasks(tmp_path)
+    p = he.prompt(he_rows[1], "just")
+    assert p.startswith("You are an expert Python programmer. Your task is to complete the implementation of a "
+                        "function named `is_even`.\n\nHere is the function to complete:\n```python\ndef is_even(")
+    assert he.prompt(he_rows[1], "d1") == T.D1_FORMAT + "\n\n" + p and he.prompt(he_rows[0], "compact").startswith("def add_one(")
+    p = mb.prompt(mb_rows[1], "just")
+    assert "named ``" in p and "def ():" in p  # JustGRPO's name rule, as published: "assert (f(x))" names nothing
+    assert "** UNIT TESTS **\nYour code should pass unit tests like:\n    assert (count(nodes)) == 3\n" in p
+    assert mb.prompt(mb_rows[0], "just").count("input_param_") == 1
+    assert [r["task_id"] for r in mb.load(tmp_path / "mbpp.jsonl", "test")] == [12]
+    assert [r["task_id"] for r in mb.load(tmp_path / "mbpp.jsonl", "train")] == [603]
+    with pytest.raises(ValueError, match="split 'dev'"):
+        mb.load(tmp_path / "mbpp.jsonl", "dev")
+    (tmp_path / "bad.jsonl").write_text(json.dumps({**MBPP_ROWS[0], "test_list": []}) + "\n")
+    with pytest.raises(ValueError, match="bad.jsonl:1"):
+        mb.load(tmp_path / "bad.jsonl")
+
+
+def test_extract_code_equals_the_justgrpo_regex():
+    rx = re.compile(r"```python\n(.*?)```", re.DOTALL)
+    rng = random.Random(0)
+    parts = ["```python\n", "```", "x = 1\n", "\n", "`", "python", " text "]
+    for _ in range(2000):
+        s = "".join(rng.choice(parts) for _ in range(rng.randint(0, 8)))
+        m = rx.search(s)
+        assert T.extract_code(s) == (m.group(1).strip() if m else s)
+    t0 = time.time()
+    T.extract_code("```python\n" * 200_000)
+    assert time.time() - t0 < 1.0
+
+
+def test_pass_at_k_equals_enumeration_over_subsets():
+    from itertools import combinations
+    for n, c, k in [(5, 0, 1), (5, 2, 1), (5, 2, 3), (6, 3, 4), (4, 4, 2), (7, 1, 7)]:
+        outcomes = [True] * c + [False] * (n - c)
+        subsets = list(combinations(outcomes, k))
+        assert math.isclose(T.pass_at_k(n, c, k), sum(any(s) for s in subsets) / len(subsets))
+    assert T.pass_at_k(10, 3, 1) == pytest.approx(0.3)
+    with pytest.raises(ValueError):
+        T.pass_at_k(3, 4, 1)
+
+
+MARK = "report, nonce_in, drop"  # a line of the harness: every process of a run has it in its command line
+
+
+def sandbox_processes():
+    found = []
+    for pid in os.listdir("/proc"):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                if MARK.encode() in f.read():
+                    found.append(int(pid))
+        except (OSError, ValueError):
+            pass
+    return found
+
+
+def run_dirs():
+    return {d for d in os.listdir(tempfile.gettempdir()) if d.startswith("execute-")}
+
+
+def test_hostile_programs_are_contained_and_never_pass():
+    box = E.containment()
+    before = run_dirs()
+    cases = {
+        "infinite loop": ("while True:\n    pass\n", "assert True"),
+        "sleep": ("import time\ntime.sleep(60)\n", "assert True"),
+        "fork bomb": ("import os\nwhile True:\n    os.fork()\n", "assert True"),
+        "50 GB": ("x = bytearray(50 * 2**30)\n", "assert True"),
+        "10 GB file": ("with open('big', 'wb') as f:\n    for _ in range(10 * 1024):\n        f.write(bytes(2**20))\n", "assert True"),
+        "1 GB printed": ("import sys\nfor _ in range(1024):\n    sys.stdout.write('x' * 2**20)\n", "assert True"),
+        "kill parent": ("import os\nos.kill(os.getppid(), 9)\n", "assert False"),
+        "kill group": ("import os\nos.kill(0, 9)\n", "assert False"),
+        "sys.exit(0)": ("import sys\nsys.exit(0)\n", "assert False"),
+        "os._exit(0)": ("import os\nos._exit(0)\n", "assert False"),
+        "atexit": ("import atexit, os\natexit.register(os._exit, 0)\n", "assert False"),
+        "patched builtins": ("import builtins\nbuiltins.len = lambda x: 5\nbuiltins.AssertionError = SystemExit\n",
+                             "assert len([1]) == 5"),
+        "fake report": ("import os\nfor fd in range(1, 10):\n    try:\n        os.write(fd, b'done\\n')\n    except OSError:\n"
+                        "        pass\n", "assert False"),
+        "child keeps pipes": ("import os, time\nif os.fork() == 0:\n    os.setsid()\n    time.sleep(60)\n", "assert False"),
+    }
+    t0 = time.time()
+    results = dict(zip(cases, E.run_batch(cases.values(), SMALL, workers=len(cases))))
+    assert time.time() - t0 < 20, {k: r.seconds for k, r in results.items()}
+    assert {k for k, r in results.items() if r.passed} == set()  # and this process, their parent, is alive
+    assert all(r.seconds < SMALL.wall_s + 2 for r in results.values()), {k: r.seconds for k, r in results.items()}
+    assert results["1 GB printed"].status == "output limit" and results["infinite loop"].status in ("timeout", "failed")
+    assert "MemoryError" in results["50 GB"].output and "File too large" in results["10 GB file"].output
+    for _ in range(50):  # a run killed by its own program is reaped by the kernel a moment later
+        if not sandbox_processes():
+            break
+        time.sleep(0.1)
+    assert sandbox_processes() == [] and run_dirs() <= before
+    if box["pid_namespace"]:  # without one, a process that left the session outlives the call (README)
+        assert results["child keeps pipes"].seconds < SMALL.wall_s
+
+
+def test_what_programs_can_touch_outside_their_directory(tmp_path):
+    box = E.containment()
+    home = os.path.expanduser("~")
+    mine = os.path.join(tempfile.gettempdir(), f"execute-test-{os.getpid()}")
+    with open(mine, "w") as f:
+        f.write("keep")
+    os.chmod(mine, 0o644)
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(1)
+    server.settimeout(0.2)
+    port = server.getsockname()[1]
+    try:
+        r = E.run("import os\nwith open(os.path.expanduser('~/x'), 'w') as f:\n    f.write('x')\nHOME = os.path.expanduser('~')\n",
+                  "assert os.path.exists('x') and HOME == os.getcwd()", SMALL)
+        assert r.passed, r.output  # ~ is the run's own directory
+        assert E.run("print(open('/etc/passwd').read()[:10])", "assert True", SMALL).passed  # reading is not blocked
+        overwrite = E.run(f"open({mine!r}, 'w').write('gone')\n", "assert True", SMALL)
+        write_home = E.run(f"open({os.path.join(home, 'execute-test-x')!r}, 'w').write('x')\n", "assert True", SMALL)
+        connect = E.run(f"import socket\nsocket.create_connection(('127.0.0.1', {port}), timeout=1)\n", "assert True", SMALL)
+        if box["runs_as"] == "nobody":  # run as root: the program runs as nobody
+            assert not overwrite.passed and not write_home.passed
+            assert open(mine).read() == "keep" and not os.path.exists(os.path.join(home, "execute-test-x"))
+        if box["network_isolated"]:
+            assert not connect.passed and "Errno" in connect.output
+            with pytest.raises(socket.timeout):
+                server.accept()
+    finally:
+        server.close()
+        os.remove(mine)
+        if os.path.exists(os.path.join(home, "execute-test-x")):
+            os.remove(os.path.join(home, "execute-test-x"))
+
+
 # -----------------------------------------------------------------------------
 # sample.py
 

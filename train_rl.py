@@ -39,8 +39,8 @@ class RLConfig:
     """GRPO for masked diffusion LMs (train_rl.py); every field is a --flag."""
     algo: str = "cj_grpo"             # cj_grpo | just_grpo | diffu_grpo (some defaults follow the algorithm: see below)
     init: str = "checkpoints/llada-tiny"  # the starting checkpoint (LLaDA layout)
-    task: str = "sudoku"              # sudoku | countdown | gsm8k | math500
-    data: str = ""                    # training data file (gsm8k, math500); generated for countdown/sudoku
+    task: str = "sudoku"              # sudoku | countdown | arithmetic | gsm8k | math500 | mbpp | humaneval
+    data: str = ""                    # training data file (gsm8k, math500, mbpp); generated for countdown/sudoku/arithmetic
     n_train: int = 20000              # generated training problems (countdown, sudoku)
     style: str = "compact"            # prompt style: compact (small models), d1 (cj/diffu on 8B), just
     out_dir: str = ""                 # checkpoints and metrics.jsonl; "" = out/rl/<algo>-<task>
@@ -294,10 +294,11 @@ def encode_prompts(tok, task, examples, style, device):
 def score(tok, task, x, P, examples, algo):
     """(rewards, correct) of each completion."""
     texts = [tok.decode(row, skip_special=True) for row in x[:, P:].cpu()]
-    correct = torch.tensor([float(task.is_correct(t, ex)) for t, ex in zip(texts, examples)])
+    graded = task.grade(texts, examples)  # code tasks: the programs run in parallel
+    correct = torch.tensor([float(ok) for ok, _ in graded])
     if algo == "just_grpo":  # JustGRPO: +1 correct / -1 wrong, no format terms
         return 2 * correct - 1, correct
-    return torch.tensor([float(task.reward(t, ex)) for t, ex in zip(texts, examples)]), correct
+    return torch.tensor([float(reward) for _, reward in graded]), correct
 
 
 @torch.no_grad()
@@ -312,10 +313,9 @@ def evaluate(model, tok, task, examples, cfg, decoding, device, rank, world, bat
         prompts, attn = encode_prompts(tok, task, chunk, cfg.style, device)
         with autocast(device):
             x = generate(model, prompts, attention_mask=attn, gen_length=cfg.gen_length, **decoding)
-        for row, ex in zip(x[:, prompts.size(1):].cpu(), chunk):
-            text = tok.decode(row, skip_special=True)
-            correct += task.is_correct(text, ex)
-            reward += float(task.reward(text, ex))
+        texts = [tok.decode(row, skip_special=True) for row in x[:, prompts.size(1):].cpu()]
+        for c, r in task.grade(texts, chunk):
+            correct, reward = correct + c, reward + r
     totals = torch.tensor([correct, reward], device=device)
     if dist.is_initialized():
         dist.all_reduce(totals)
@@ -452,7 +452,9 @@ def train(cfg, out, rank, world, device):
                                   fused=device.type == "cuda")  # one kernel pass over the state, not several
     step = load_training_state(saved, model, optimizer) if cfg.resume else 0
     task = get_task(cfg.task)
-    if cfg.data:  # the file's last eval_n rows are held out, never trained on
+    if cfg.data and cfg.task == "mbpp":  # MBPP's own split by task_id: train 601-974, held out from 511-600
+        train_set, held_out = task.load(cfg.data, "train"), task.load(cfg.data, "validation")[:cfg.eval_n]
+    elif cfg.data:  # the file's last eval_n rows are held out, never trained on
         rows = task.load(cfg.data)
         if len(rows) < cfg.eval_n + cfg.prompts_per_step:
             raise SystemExit(f"--data {cfg.data}: {len(rows)} rows, but --eval_n {cfg.eval_n} held out + "
