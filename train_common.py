@@ -15,10 +15,11 @@ from pathlib import Path
 
 import torch
 import torch.distributed as dist
-from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict,
-                                                     get_optimizer_state_dict, set_optimizer_state_dict)
+from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict, get_optimizer_state_dict,
+                                                     set_model_state_dict, set_optimizer_state_dict)
 from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
+from lora import merge_lora
 from model import save_checkpoint
 
 
@@ -53,11 +54,12 @@ def setup_distributed(device=""):
     return rank, world, torch.device(device)
 
 
-def prepare_model(model, world, device, compile=False, frozen=False):
+def prepare_model(model, world, device, compile=False, frozen=False, keep_dtype=False):
     """Activation checkpointing per block, then FSDP2 per block and on the root (torchtitan's
     recipe). Parameters stay float32 (master weights: at lr 3e-6 a bf16 weight cannot take
-    the update); on the GPU compute runs in bf16 with float32 gradient reduction."""
-    model.to(device=device, dtype=torch.float32)
+    the update); on the GPU compute runs in bf16 with float32 gradient reduction. keep_dtype: a
+    LoRA model, whose frozen base stays as loaded (bf16 on the GPU) beside float32 adapters."""
+    model.to(device=device, dtype=None if keep_dtype else torch.float32)
     if compile:
         model.compile_blocks()
     if world > 1 or dist.is_initialized():
@@ -93,10 +95,14 @@ def autocast(device):
 
 def save_training_checkpoint(out_dir, model, optimizer, step, cfg, rank, keep_copy=False):
     """out_dir/latest: the model in the LLaDA layout plus train_state.pt (optimizer, step,
-    config), gathered from all ranks and written by rank 0, complete or not at all."""
+    config), gathered from all ranks and written by rank 0, complete or not at all. With LoRA
+    the model files hold the merged weights and train_state.pt the adapters (--resume reads
+    those on top of --init)."""
     opts = StateDictOptions(full_state_dict=True, cpu_offload=True)
     state = get_model_state_dict(model, options=opts)
     train_state = {"optimizer": get_optimizer_state_dict(model, optimizer, options=opts), "step": step, "config": asdict(cfg)}
+    if getattr(cfg, "lora_rank", 0):
+        state, train_state["lora"] = merge_lora(state, cfg.lora_alpha / cfg.lora_rank)
     if rank == 0:
         for name in ["latest"] + ([f"step_{step}"] if keep_copy else []):
             save_checkpoint(Path(out_dir) / name, state, model.config, files_from=model.source_dir, train_state=train_state)
@@ -105,8 +111,17 @@ def save_training_checkpoint(out_dir, model, optimizer, step, cfg, rank, keep_co
 
 
 def load_training_state(ckpt_dir, model, optimizer):
-    """Restore the optimizer from ckpt_dir/train_state.pt; returns the step to continue from."""
-    state = torch.load(Path(ckpt_dir) / "train_state.pt", map_location="cpu", weights_only=False)
+    """Restore the optimizer (and LoRA adapters) from ckpt_dir/train_state.pt; returns the step to
+    continue from."""
+    path = Path(ckpt_dir) / "train_state.pt"
+    state = torch.load(path, map_location="cpu", weights_only=False)
+    saved = {k: tuple(v.shape) for k, v in state.get("lora", {}).items()}
+    mine = {k: tuple(p.shape) for k, p in model.named_parameters() if k.endswith((".lora_A", ".lora_B"))}
+    if saved != mine:
+        raise ValueError(f"{path}: holds {len(saved)} LoRA adapter tensors, this run has {len(mine)} of other names or "
+                         f"shapes: resume with the --lora_rank and --lora_targets the run was started with")
+    if saved:
+        set_model_state_dict(model, state["lora"], options=StateDictOptions(full_state_dict=True, strict=False))
     set_optimizer_state_dict(model, optimizer, state["optimizer"], options=StateDictOptions(full_state_dict=True))
     return state["step"]
 
