@@ -118,8 +118,9 @@ def load_training_state(ckpt_dir, model, optimizer):
     saved = {k: tuple(v.shape) for k, v in state.get("lora", {}).items()}
     mine = {k: tuple(p.shape) for k, p in model.named_parameters() if k.endswith((".lora_A", ".lora_B"))}
     if saved != mine:
-        raise ValueError(f"{path}: holds {len(saved)} LoRA adapter tensors, this run has {len(mine)} of other names or "
-                         f"shapes: resume with the --lora_rank and --lora_targets the run was started with")
+        rank = lambda shapes: next((s[0] for k, s in shapes.items() if k.endswith(".lora_A")), 0)
+        raise ValueError(f"{path}: its LoRA adapters ({len(saved)} tensors, rank {rank(saved)}) do not match this run's "
+                         f"({len(mine)}, rank {rank(mine)}): resume with the --lora_rank and --lora_targets it was started with")
     if saved:
         set_model_state_dict(model, state["lora"], options=StateDictOptions(full_state_dict=True, strict=False))
     set_optimizer_state_dict(model, optimizer, state["optimizer"], options=StateDictOptions(full_state_dict=True))
