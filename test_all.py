@@ -1190,7 +1190,8 @@ def test_lora_fsdp_two_processes_equal_one(tmp_path):
     script.write_text(LORA_FSDP_SCRIPT.format(repo=os.path.dirname(os.path.abspath(__file__)), out=str(tmp_path)))
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     subprocess.run([sys.executable, str(script)], check=True, env=env, capture_output=True, timeout=300)
-    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port", "29503", str(script)],
+    # --standalone: a free port (a fixed one clashes when two test runs share the machine)
+    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(script)],
                    check=True, env=env, capture_output=True, timeout=300)
     plain, two = (M.LLaDA.from_pretrained(tmp_path / d / "latest").state_dict() for d in ("w0", "w2"))
     base = tiny_model(max_sequence_length=512).state_dict()

@@ -17,8 +17,8 @@ Full-parameter training by default; --lora_rank 128 trains LoRA adapters on a fr
 instead, as the CJ-GRPO and d1 references do (lora.py), which fits LLaDA-8B on one 80 GB GPU:
     python train_rl.py --algo cj_grpo --init /path/LLaDA-8B-Instruct --task gsm8k \
         --data ../shared/data/gsm8k_train.jsonl --style d1 --gen_length 256 --lr 3e-6 --lora_rank 128
-Simplifications: no reward model, groups never span processes. Randomness is reseeded from (seed, step, rank) every step,
-so --resume continues a killed run exactly.
+Simplifications: no reward model, groups never span processes. Randomness is reseeded from
+(seed, step, rank) every step, so --resume continues a killed run exactly.
 """
 import json
 import math

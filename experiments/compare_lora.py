@@ -29,7 +29,7 @@ def main():
     ap.add_argument("--seeds", default="0")
     ap.add_argument("--steps", type=int, default=60)
     ap.add_argument("--full_lr", type=float, default=1e-4, help="compare_rl.py's learning rate for full parameters")
-    ap.add_argument("--lora_lrs", default="1e-4,1e-3,3e-3", help="comma list of LoRA learning rates")
+    ap.add_argument("--lora_lrs", default="3e-4,1e-3,3e-3", help="comma list of LoRA learning rates")
     ap.add_argument("--lora_rank", type=int, default=16)
     ap.add_argument("--lora_alpha", type=float, default=8.0)
     ap.add_argument("--eval_n", type=int, default=512)
