@@ -1072,18 +1072,25 @@ def lora_model(seed=0, rank=4, targets="all", dropout=0.0):
 
 
 def test_lora_starts_at_the_base_and_its_merged_checkpoint_gives_its_logits(tmp_path):
+    """B = 0: the base's logits bit for bit; after an update, train_common's checkpoint (W + s B A
+    in LLaDA's layout) gives the adapted model's logits."""
     import lora
+    from train_common import save_training_checkpoint
     base, x = tiny_model(), torch.randint(0, 256, (2, 12))
-    fresh = lora.add_lora(tiny_model(), 4, 8.0, 0.05, lora.REFERENCE_TARGETS)
-    assert torch.equal(fresh(x), base(x))  # B = 0 (eval mode: no dropout)
-    model = lora_model()
-    assert not torch.allclose(model(x), base(x), atol=1e-3)
-    merged, adapters = lora.merge_lora(model.state_dict(), 8.0 / 4)
-    assert len(adapters) == 2 * 7 * 2 and all(".lora_" not in k for k in merged)
-    M.save_checkpoint(tmp_path / "merged", merged, model.config)
-    # float32 sums in another order (W x + s B A x against (W + s B A) x): tolerance 1e-5
-    torch.testing.assert_close(M.LLaDA.from_pretrained(tmp_path / "merged")(x), model(x), rtol=1e-5, atol=1e-5)
-    assert all(torch.equal(a, b) for a, b in zip(base.parameters(), [p for n, p in model.named_parameters() if ".lora_" not in n]))
+    model = lora.add_lora(tiny_model(), 4, 8.0, 0.05, lora.REFERENCE_TARGETS)
+    assert torch.equal(model(x), base(x))  # eval mode: no dropout
+    batch = fixed_rollout(model, "cj_grpo")
+    cfg = rl_config(algo="cj_grpo", num_iterations=1, lora_rank=4, lora_alpha=8.0)
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    RL.train_on_rollout(model.train(), None, opt, batch, cfg, world=1)
+    model.eval()
+    assert not torch.allclose(model(x), base(x), atol=1e-4)
+    save_training_checkpoint(tmp_path, model, opt, 1, cfg, rank=0)
+    assert len(torch.load(tmp_path / "latest" / "train_state.pt", weights_only=False)["lora"]) == 2 * 4 * 2
+    # float32 sums in another order (W x + s B (A x) against (W + s B A) x): tolerance 1e-5
+    torch.testing.assert_close(M.LLaDA.from_pretrained(tmp_path / "latest")(x), model(x), rtol=1e-5, atol=1e-5)
+    merged, adapters = lora.merge_lora(lora_model().state_dict(), 8.0 / 4)  # all seven targets
+    assert len(adapters) == 2 * 7 * 2 and set(merged) == set(base.state_dict())
 
 
 def test_lora_adapters_off_is_the_base_model_and_the_kl_reference():
