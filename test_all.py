@@ -1707,6 +1707,157 @@ def test_fsdp_two_processes_equal_one(tmp_path):
     for k in plain:  # float32 sums in another order: tolerance 1e-5
         torch.testing.assert_close(plain[k], two[k], rtol=1e-5, atol=1e-6)
 
+# ---- LoRA (lora.py; train_rl.py --lora_rank) ----
+
+
+def lora_model(seed=0, rank=4, targets="all", dropout=0.0):
+    """A tiny model with adapters whose B is random, as after some training (B = 0 at the start)."""
+    import lora
+    model = lora.add_lora(tiny_model(seed), rank, 8.0, dropout, targets)
+    torch.manual_seed(seed + 1)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("lora_B"):
+                p.normal_(std=0.05)
+    return model
+
+
+def test_lora_starts_at_the_base_and_its_merged_checkpoint_gives_its_logits(tmp_path):
+    """B = 0: the base's logits bit for bit; after an update, train_common's checkpoint (W + s B A
+    in LLaDA's layout) gives the adapted model's logits."""
+    import lora
+    from train_common import save_training_checkpoint
+    base, x = tiny_model(), torch.randint(0, 256, (2, 12))
+    model = lora.add_lora(tiny_model(), 4, 8.0, 0.05, lora.REFERENCE_TARGETS)
+    assert torch.equal(model(x), base(x))  # eval mode: no dropout
+    batch = fixed_rollout(model, "cj_grpo")
+    cfg = rl_config(algo="cj_grpo", num_iterations=1, lora_rank=4, lora_alpha=8.0)
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    RL.train_on_rollout(model.train(), None, opt, batch, cfg, world=1)
+    model.eval()
+    assert not torch.allclose(model(x), base(x), atol=1e-4)
+    save_training_checkpoint(tmp_path, model, opt, 1, cfg, rank=0)
+    assert len(torch.load(tmp_path / "latest" / "train_state.pt", weights_only=False)["lora"]) == 2 * 4 * 2
+    # float32 sums in another order (W x + s B (A x) against (W + s B A) x): tolerance 1e-5
+    torch.testing.assert_close(M.LLaDA.from_pretrained(tmp_path / "latest")(x), model(x), rtol=1e-5, atol=1e-5)
+    merged, adapters = lora.merge_lora(lora_model().state_dict(), 8.0 / 4)  # all seven targets
+    assert len(adapters) == 2 * 7 * 2 and set(merged) == set(base.state_dict())
+
+
+def test_lora_adapters_off_is_the_base_model_and_the_kl_reference():
+    """With the adapters off the model gives the frozen base's log-probs bit for bit, so CJ-GRPO's
+    KL to `ref = model` (train_rl.main with --lora_rank) equals its KL to a separate base copy."""
+    import lora
+    base, model = tiny_model(), lora_model()
+    batch = fixed_rollout(model, "cj_grpo")
+    x = batch["x"]
+    with lora.adapters_off(model):
+        assert torch.equal(model(x, attention_mask=batch["attn"]), base(x, attention_mask=batch["attn"]))
+    assert not torch.equal(model(x), base(x))  # and back on afterwards
+    cfg = rl_config(algo="cj_grpo", beta=0.5)
+    runs = []
+    for ref in (model, base):
+        model.zero_grad(set_to_none=True)
+        stats = RL.cj_grpo_loss(model, ref, batch, cfg, 1)
+        runs.append((stats, [p.grad.clone() for p in model.parameters() if p.grad is not None]))
+    assert runs[0][0]["kl"] > 0 and runs[0][0] == runs[1][0]
+    assert all(torch.equal(a, b) for a, b in zip(runs[0][1], runs[1][1]))
+
+
+@pytest.mark.parametrize("algo", ["cj_grpo", "just_grpo", "diffu_grpo"])
+def test_lora_trains_only_the_adapters(algo):
+    import lora
+    model = lora.add_lora(tiny_model(), 4, 8.0, 0.05, lora.REFERENCE_TARGETS).train()
+    batch = fixed_rollout(model, algo)
+    cfg = rl_config(algo=algo, num_iterations=1, beta=0.0 if algo == "just_grpo" else 0.1)
+    if algo == "diffu_grpo":
+        RL.add_diffu_inputs(model, batch, cfg, seed=0)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    RL.train_on_rollout(model, None if algo == "just_grpo" else model, opt, batch, cfg, world=1)
+    adapters = {n for n in before if n.endswith(("lora_A", "lora_B"))}
+    assert len(adapters) == 2 * 4 * 2  # q, k, v, up in each of 2 blocks
+    assert {n for n, p in model.named_parameters() if not torch.equal(p, before[n])} == adapters
+    assert {id(p) for p in opt.state} == {id(p) for n, p in model.named_parameters() if n in adapters}
+    assert all(p.grad is None for n, p in model.named_parameters() if n not in adapters)
+
+
+def test_lora_resume_reaches_the_same_adapters_and_merged_weights(tmp_path):
+    """KL to the adapters-off base and adapter dropout (its masks reseeded every step) included."""
+    import os
+    init = os.path.join(os.path.dirname(os.path.abspath(__file__)), "checkpoints", "llada-tiny")
+    args = ["--init", str(init), *RL_SMALL, "--save_every", "1", "--lora_rank", "8", "--lora_alpha", "16",
+            "--lora_dropout", "0.1", "--beta", "0.04", "--lr", "1e-2"]
+    RL.main(RL.config_from_args(RL.RLConfig, args + ["--out_dir", str(tmp_path / "a"), "--steps", "2"]))
+    RL.main(RL.config_from_args(RL.RLConfig, args + ["--out_dir", str(tmp_path / "b"), "--steps", "1"]))
+    RL.main(RL.config_from_args(RL.RLConfig, args + ["--out_dir", str(tmp_path / "b"), "--steps", "2", "--resume"]))
+    a, b = (M.LLaDA.from_pretrained(tmp_path / d / "latest").state_dict() for d in "ab")
+    start = M.LLaDA.from_pretrained(init).state_dict()
+    assert {k for k in a if not torch.equal(a[k], start[k])} == {
+        f"transformer.blocks.{i}.{n}.weight" for i in range(len(M.LLaDA.from_pretrained(init).transformer.blocks))
+        for n in ("q_proj", "k_proj", "v_proj", "up_proj")}
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    sa, sb = (torch.load(tmp_path / d / "latest" / "train_state.pt", weights_only=False) for d in "ab")
+    assert set(sa["optimizer"]["state"]) == set(sa["lora"])  # Adam holds the adapters only
+    assert all(torch.equal(sa["lora"][k], sb["lora"][k]) for k in sa["lora"])
+    with pytest.raises(ValueError, match=r"train_state.pt: its LoRA adapters \(48 tensors, rank 8\) do not match this run's \(48, rank 4\)"):
+        RL.main(RL.config_from_args(RL.RLConfig, args[:-8] + ["--lora_rank", "4", "--out_dir", str(tmp_path / "b"),
+                                                              "--steps", "3", "--resume"]))
+
+
+LORA_FSDP_SCRIPT = r"""
+import sys, torch, torch.distributed as dist
+sys.path.insert(0, {repo!r})
+import test_all as T, train_rl as RL
+from lora import add_lora
+from train_common import load_training_state, prepare_model, save_training_checkpoint, setup_distributed
+rank, world, device = setup_distributed("cpu")
+tag = world if dist.is_initialized() else 0
+
+def build():
+    return prepare_model(add_lora(T.tiny_model(max_sequence_length=512), 4, 8.0, 0.0, "all"), world, device, keep_dtype=True)
+
+model = T.tiny_model(max_sequence_length=512)
+batch = T.fixed_rollout(model, "cj_grpo", n=4)
+model = build()
+opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+mine = {{k: (v[rank * 4 // world:(rank + 1) * 4 // world] if torch.is_tensor(v) and v.dim() else v) for k, v in batch.items()}}
+cfg = T.rl_config(algo="cj_grpo", micro_batch=2, num_iterations=2, gen_length=8, group_size=2, beta=0.1, lora_rank=4, lora_alpha=8.0)
+RL.train_on_rollout(model, model, opt, mine, cfg, world)
+save_training_checkpoint({out!r} + f"/w{{tag}}", model, opt, 1, cfg, rank)
+again = build()
+opt2 = torch.optim.AdamW([p for p in again.parameters() if p.requires_grad], lr=1e-2)
+load_training_state({out!r} + f"/w{{tag}}/latest", again, opt2)
+for (n, p), q in zip(model.named_parameters(), again.parameters()):
+    full = lambda t: t.full_tensor() if hasattr(t, "full_tensor") else t
+    assert torch.equal(full(p), full(q)), n
+if dist.is_initialized():
+    dist.destroy_process_group()
+"""
+
+
+def test_lora_fsdp_two_processes_equal_one(tmp_path):
+    """LoRA under FSDP2 (frozen base sharded with the adapters), KL to the adapters-off model:
+    two gloo processes take the same updates as one, save the same merged checkpoint, and
+    --resume's load_training_state puts the adapters back."""
+    import os
+    import subprocess
+    import sys
+    script = tmp_path / "fsdp_lora.py"
+    script.write_text(LORA_FSDP_SCRIPT.format(repo=os.path.dirname(os.path.abspath(__file__)), out=str(tmp_path)))
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    subprocess.run([sys.executable, str(script)], check=True, env=env, capture_output=True, timeout=300)
+    # --standalone: a free port (a fixed one clashes when two test runs share the machine)
+    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(script)],
+                   check=True, env=env, capture_output=True, timeout=300)
+    plain, two = (M.LLaDA.from_pretrained(tmp_path / d / "latest").state_dict() for d in ("w0", "w2"))
+    base = tiny_model(max_sequence_length=512).state_dict()
+    assert not torch.equal(plain["transformer.blocks.0.q_proj.weight"], base["transformer.blocks.0.q_proj.weight"])
+    assert torch.equal(plain["transformer.ff_out.weight"], base["transformer.ff_out.weight"])
+    for k in plain:  # float32 sums in another order: tolerance 1e-5
+        torch.testing.assert_close(plain[k], two[k], rtol=1e-5, atol=1e-6)
+
 # -----------------------------------------------------------------------------
 # train_sft.py
 

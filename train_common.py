@@ -21,10 +21,11 @@ from pathlib import Path
 
 import torch
 import torch.distributed as dist
-from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict,
-                                                     get_optimizer_state_dict, set_optimizer_state_dict)
+from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict, get_optimizer_state_dict,
+                                                     set_model_state_dict, set_optimizer_state_dict)
 from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
+from lora import merge_lora
 from model import recover_checkpoint, save_checkpoint
 
 
@@ -82,11 +83,12 @@ def setup_distributed(device=""):
     return rank, world, torch.device(device)
 
 
-def prepare_model(model, world, device, compile=False, frozen=False):
+def prepare_model(model, world, device, compile=False, frozen=False, keep_dtype=False):
     """Activation checkpointing per block, then FSDP2 per block and on the root (torchtitan's
     recipe). Parameters stay float32 (master weights: at lr 3e-6 a bf16 weight cannot take
-    the update); on the GPU compute runs in bf16 with float32 gradient reduction."""
-    model.to(device=device, dtype=torch.float32)
+    the update); on the GPU compute runs in bf16 with float32 gradient reduction. keep_dtype: a
+    LoRA model, whose frozen base stays as loaded (bf16 on the GPU) beside float32 adapters."""
+    model.to(device=device, dtype=None if keep_dtype else torch.float32)
     if compile:
         model.compile_blocks()
     if world > 1 or dist.is_initialized():
@@ -166,7 +168,9 @@ def run_folder(out_dir, resume, overwrite, rank):
 def save_training_checkpoint(out_dir, model, optimizer, step, cfg, rank, keep_copy=False):
     """out_dir/latest: the model in the LLaDA layout plus train_state.pt (optimizer, step,
     config), gathered from all ranks and written by rank 0, complete or not at all. Weights with a
-    non-finite value are never written: the run stops and the last good checkpoint stays."""
+    non-finite value are never written: the run stops and the last good checkpoint stays. With
+    LoRA the model files hold the merged weights and train_state.pt the adapters (--resume reads
+    those on top of --init)."""
     opts = StateDictOptions(full_state_dict=True, cpu_offload=True)
     state = get_model_state_dict(model, options=opts)
     bad = broadcast(next((k for k, t in state.items() if not torch.isfinite(t).all()), "") if rank == 0 else "")
@@ -174,6 +178,8 @@ def save_training_checkpoint(out_dir, model, optimizer, step, cfg, rank, keep_co
         raise SystemExit(f"step {step}: the weights hold non-finite values ({bad}); not saved, "
                          f"{Path(out_dir) / 'latest'} keeps the last good checkpoint (if any); try a lower --lr")
     train_state = {"optimizer": get_optimizer_state_dict(model, optimizer, options=opts), "step": step, "config": asdict(cfg)}
+    if getattr(cfg, "lora_rank", 0):
+        state, train_state["lora"] = merge_lora(state, cfg.lora_alpha / cfg.lora_rank)
     error = ""
     if rank == 0:
         try:
@@ -209,7 +215,16 @@ def read_training_state(ckpt_dir, cfg, same, steps):
 
 
 def load_training_state(state, model, optimizer):
-    """Restore the optimizer from a read_training_state; returns the step to continue from."""
+    """Restore the optimizer (and LoRA adapters) from a read_training_state; returns the step to
+    continue from."""
+    saved = {k: tuple(v.shape) for k, v in state.get("lora", {}).items()}
+    mine = {k: tuple(p.shape) for k, p in model.named_parameters() if k.endswith((".lora_A", ".lora_B"))}
+    if saved != mine:
+        rank = lambda shapes: next((s[0] for k, s in shapes.items() if k.endswith(".lora_A")), 0)
+        raise ValueError(f"--resume: the saved LoRA adapters ({len(saved)} tensors, rank {rank(saved)}) do not match this "
+                         f"run's ({len(mine)}, rank {rank(mine)}): resume with the --lora_rank and --lora_targets it was started with")
+    if saved:
+        set_model_state_dict(model, state["lora"], options=StateDictOptions(full_state_dict=True, strict=False))
     set_optimizer_state_dict(model, optimizer, state["optimizer"], options=StateDictOptions(full_state_dict=True))
     return state["step"]
 

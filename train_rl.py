@@ -13,9 +13,12 @@ those rollouts. The three algorithms differ only in which log-probabilities they
   slots committed at step i: exactly the decisions the rollout made.
 - just_grpo: roll out left to right (one slot per step); log p(o_t | prompt, o_<t, masks).
 - diffu_grpo (d1): one forward on a fully masked completion (prompt masked at p = 0.15).
-Simplifications: full-parameter training (the references train LoRA adapters), no reward
-model, groups never span processes. Randomness is reseeded from (seed, step, rank) every step,
-so --resume continues a killed run exactly.
+Full-parameter training by default; --lora_rank 128 trains LoRA adapters on a frozen bf16 base
+instead, as the CJ-GRPO and d1 references do (lora.py), which fits LLaDA-8B on one 80 GB GPU:
+    python train_rl.py --algo cj_grpo --init /path/LLaDA-8B-Instruct --task gsm8k \
+        --data ../shared/data/gsm8k_train.jsonl --style d1 --gen_length 256 --lr 3e-6 --lora_rank 128
+Simplifications: no reward model, groups never span processes. Randomness is reseeded from
+(seed, step, rank) every step, so --resume continues a killed run exactly.
 """
 import json
 import math
@@ -27,6 +30,7 @@ import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
+from lora import REFERENCE_TARGETS, adapters_off, add_lora, parse_targets
 from model import LLaDA, load_tokenizer
 from sample import banned_ids, generate, left_pad
 from tasks import get_task
@@ -58,7 +62,7 @@ class RLConfig:
     grad_clip: float = 0.2            # max global gradient norm
     max_skipped: int = 3              # stop (exit 1) after this many steps in a row without an update (non-finite gradients)
     clip_eps: float = 0.5             # CJ-GRPO's eps; JustGRPO publishes 0.2 (inert there, see just_grpo_loss)
-    beta: float = 0.0                 # KL weight to a frozen copy of the starting weights
+    beta: float = 0.0                 # KL weight to a frozen copy of the starting weights (LoRA: the base, adapters off)
     std_norm: bool = False            # divide advantages by the group std (JustGRPO) or not (d1, CJ-GRPO)
     gen_length: int = 64              # completion window L (tokens)
     schedule: str = "ass"             # rollout schedule for cj_grpo / diffu_grpo: ass | linear
@@ -79,6 +83,10 @@ class RLConfig:
     resume: bool = False              # continue the run in --out_dir from its latest checkpoint
     device: str = ""                  # "" = cuda if available, else cpu
     compile: bool = False             # torch.compile each block (fuses the elementwise work; first steps compile)
+    lora_rank: int = 0                # 0 = train all parameters; r > 0 = LoRA adapters of rank r on a frozen base (references: 128)
+    lora_alpha: float = 64.0          # LoRA update scaled by alpha / r (references: 64)
+    lora_dropout: float = 0.05        # dropout on the adapters' input while training (references: 0.05)
+    lora_targets: str = REFERENCE_TARGETS  # block linears to adapt, or "all" (the references' effective four)
 
 
 # Where the reference trainers differ, each --algo starts from its own reference's settings (a flag
@@ -157,7 +165,7 @@ def cj_grpo_loss(model, ref, mb, cfg, n_micro):
             logp = token_logp(model, state, mb["attn"], pos, tokens, cfg.temperature)
         obj, clipped = clipped_objective(logp, mb["logp"].gather(1, pos), mb["adv"][:, None], cfg.clip_eps)
         if ref is not None:
-            with torch.no_grad(), autocast(mb["device"]):
+            with torch.no_grad(), autocast(mb["device"]), adapters_off(ref):
                 ref_logp = token_logp(ref, state, mb["attn"], pos, tokens, cfg.temperature)
             kl = k3_kl(logp, ref_logp)
             obj = obj - cfg.beta * kl
@@ -261,7 +269,7 @@ def diffu_grpo_loss(model, ref, mb, iteration, cfg, n_micro):
     keep = (eos.cumsum(1) - eos.long()) == 0  # up to and including the first EOS
     kl_mean = 0.0
     if ref is not None:
-        with torch.no_grad():
+        with torch.no_grad(), adapters_off(ref):
             ref_logp = diffu_grpo_logp(ref, mb, iteration, cfg)
         kl = k3_kl(logp, ref_logp)  # the gradient flows through logp, as in cj_grpo_loss
         obj = obj - cfg.beta * kl
@@ -409,6 +417,10 @@ def check_config(cfg):
         raise ValueError(f"--n_train {cfg.n_train}: expected at least --prompts_per_step {cfg.prompts_per_step}")
     if cfg.resume and cfg.overwrite:
         raise ValueError("--resume and --overwrite: give one (continue the run, or start over in its folder)")
+    if cfg.lora_rank < 0 or not 0 <= cfg.lora_dropout < 1:
+        raise ValueError(f"--lora_rank {cfg.lora_rank} / --lora_dropout {cfg.lora_dropout}: expected a rank >= 0 "
+                         f"(0 = full parameters) and a dropout in [0, 1)")
+    parse_targets(cfg.lora_targets)
 
 
 def reward_scale(algo):
@@ -441,13 +453,24 @@ def main(cfg):
 def train(cfg, out, rank, world, device):
     start = out / "latest" if cfg.resume else Path(cfg.init)
     saved = read_training_state(start, cfg, RESUME_SAME, cfg.steps) if cfg.resume else None
-    model = LLaDA.from_pretrained(start)
+    if cfg.lora_rank:  # the base always comes from --init (a resumed run's adapters from its train_state.pt);
+        # frozen in bf16 on the GPU, float32 on the CPU (whose bf16 matmuls are slow)
+        model = LLaDA.from_pretrained(cfg.init, dtype=torch.bfloat16 if device.type == "cuda" else torch.float32)
+        torch.manual_seed(cfg.seed)  # A's random init: the same in every process (FSDP shards it) and every run
+        add_lora(model, cfg.lora_rank, cfg.lora_alpha, cfg.lora_dropout, cfg.lora_targets)
+    else:
+        model = LLaDA.from_pretrained(start)
     tok = load_tokenizer(model.source_dir)
     ref = None
-    if cfg.beta > 0:
+    if cfg.beta > 0 and not cfg.lora_rank:
         ref = prepare_model(LLaDA.from_pretrained(cfg.init), world, device, frozen=True).eval().requires_grad_(False)
-    model = prepare_model(model, world, device, cfg.compile)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(cfg.adam_beta1, cfg.adam_beta2),
+    model = prepare_model(model, world, device, cfg.compile, keep_dtype=cfg.lora_rank > 0)
+    if cfg.lora_rank and device.type == "cuda":  # 8B on one GPU: recompute each block's activations in backward
+        model.activation_checkpointing = True
+    if cfg.beta > 0 and cfg.lora_rank:  # the references' KL reference: the same model with the adapters off
+        ref = model
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.lr,
+                                  betas=(cfg.adam_beta1, cfg.adam_beta2),
                                   weight_decay=cfg.weight_decay,
                                   fused=device.type == "cuda")  # one kernel pass over the state, not several
     step = load_training_state(saved, model, optimizer) if cfg.resume else 0
