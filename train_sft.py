@@ -25,7 +25,7 @@ from model import LLaDA, byte_tokenizer_config, load_tokenizer, write_byte_token
 from sample import generate, left_pad
 from tasks import get_task
 from train_common import (MetricsLog, autocast, back_to_training, config_from_args, load_training_state, lr_at,
-                          prepare_model, save_training_checkpoint, setup_distributed)
+                          name_the_failed_rank, prepare_model, save_training_checkpoint, setup_distributed)
 
 
 @dataclass
@@ -177,4 +177,5 @@ def main(cfg):
 
 
 if __name__ == "__main__":
-    main(config_from_args(SFTConfig))
+    with name_the_failed_rank():  # under torchrun: one line naming a failed rank, not a hang or a traceback
+        main(config_from_args(SFTConfig))
