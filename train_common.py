@@ -9,6 +9,7 @@ and the metrics log.
 import argparse
 import json
 import os
+import re
 from contextlib import contextmanager, suppress
 from dataclasses import asdict, fields
 from datetime import timedelta
@@ -95,14 +96,17 @@ def name_the_failed_rank():
         if isinstance(e, SystemExit) or not in_a_collective(e):
             with suppress(Exception):  # the store may be gone with its host
                 store.set("failed", f"rank {rank} failed: {e.code if isinstance(e, SystemExit) else f'{type(e).__name__}: {e}'}")
+                if dist.get_backend() == "gloo":  # peers learn now, not after this interpreter's shutdown (seconds)
+                    dist.destroy_process_group()
             raise
         cause = None
         with suppress(Exception):
             store.set_timeout(timedelta(seconds=5))
             cause = store.get("failed").decode() if store.check(["failed"]) else None
+        detail = re.sub(r"^\[[^]]*\] *", "", str(e)).split(". ")[0]  # gloo's message, less its source line
         why = cause or (f"another rank stopped without a message (killed? torchrun's 'Root Cause' names it), or a "
                         f"collective waited longer than DIST_TIMEOUT={os.environ.get('DIST_TIMEOUT', '600')} s "
-                        f"({str(e).splitlines()[0]})")
+                        f"({detail})")
         raise SystemExit(f"rank {rank}: stopping: {why}. The last complete checkpoint is untouched: continue with --resume") from None
 
 
