@@ -23,6 +23,7 @@ DIST_BACKEND (--backend) and DIST_TIMEOUT reach the workers through the environm
 import argparse
 import hashlib
 import json
+import math
 import os
 import re
 import shutil
@@ -91,10 +92,10 @@ def worker_same(a):
 def same_training(a, rank, world, device):
     if a.tiny:
         mcfg = byte_tokenizer_config(d_model=32, n_layers=2, n_heads=4, n_kv_heads=2, mlp_hidden_size=48, max_sequence_length=128)
-        n, P, L, steps = 4, 6, 8, 2
+        n, P, L, steps = 2 * a.split, 6, 8, 2
     else:
         mcfg = byte_tokenizer_config(d_model=512, n_layers=4, n_heads=8, n_kv_heads=8, mlp_hidden_size=1408)
-        n, P, L, steps = 8, 32, 32, 3
+        n, P, L, steps = 4 * a.split, 32, 32, 3
     mine = slice(rank * n // world, (rank + 1) * n // world)
     result = {}
     for algo in ALGOS:
@@ -103,13 +104,15 @@ def same_training(a, rank, world, device):
         # nonzero advantages, so it equals the ranks only with the whole batch as one micro-batch.
         micro = n if algo == "just_grpo" and world == 1 else n // a.split
         cfg = RL.RLConfig(algo=algo, num_iterations=1 if algo == "just_grpo" else 2, micro_batch=micro, temperature=0.0,
-                          clip_eps=0.2, gen_length=L, group_size=2, stack=16, lr=1e-3)
+                          clip_eps=0.2, gen_length=L, group_size=2, stack=16, lr=0.1, grad_clip=math.inf)
         torch.manual_seed(0)
         with torch.device(device):
             model = LLaDA(mcfg)  # the same random weights on every rank and in the plain process
         model = prepare_model(model, world, device)
         init = {k: v.clone() for k, v in full_state(model).items()}  # one process: the parameters themselves
-        opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.9, 0.99), weight_decay=0.1, fused=device.type == "cuda")
+        # plain SGD, no clipping: AdamW and clipping normalise the gradient's scale, so a gradient
+        # off by a constant factor (the count of ranks, say) would still pass
+        opt = torch.optim.SGD(model.parameters(), lr=cfg.lr)
         g = torch.Generator().manual_seed(1)
         prompts = torch.randint(0, 256, (n, P), generator=g)
         attn = torch.ones(n, P, dtype=torch.bool)
@@ -224,7 +227,7 @@ def worker_fail(a):
     if a.fail != "none":
         RL.cj_grpo_loss = failing
     flags = ["--init", str(REPO / "checkpoints" / "llada-tiny"), "--task", "sudoku", "--n_train", "64",
-             "--prompts_per_step", "2", "--group_size", "2", "--gen_length", "40", "--micro_batch", "2", "--eval_n", "2",
+             "--prompts_per_step", os.environ.get("WORLD_SIZE", "2"), "--group_size", "2", "--gen_length", "40", "--micro_batch", "2", "--eval_n", "2",
              "--eval_every", "100", "--num_iterations", "2", "--lr", "1e-3", "--save_every", "2", "--steps", "4",
              "--out_dir", a.out_dir, "--device", a.device] + (["--resume"] if a.resume else [])
     with name_the_failed_rank():
@@ -265,6 +268,7 @@ def compare_states(a_state, b_state, init=None):
         num = sum(((a_state[k] - b_state[k]) ** 2).sum().item() for k in a_state) ** 0.5
         den = sum(((b_state[k] - init[k]) ** 2).sum().item() for k in a_state) ** 0.5
         out["update_rel_diff"] = num / den
+        out["update_rel_to_weights"] = den / sum((init[k] ** 2).sum().item() for k in a_state) ** 0.5
     return out
 
 
@@ -337,7 +341,7 @@ def print_table(result):
               f"{r['max_abs_diff']:.1e}, update difference {r['update_rel_diff']:.1e} of the update{tol} |")
     if "width" in result:
         w = result["width"]
-        print(f"| checkpoint, d_model {w['d_model']}, {w['layers']} layers ({w['parameters'] / 1e6:,.0f}M parameters, {w['checkpoint_gb']:.2f} GB) | "
+        print(f"| checkpoint, d_model {w['d_model']}, {w['layers']} layers ({w['parameters'] / 1e6:,.2f}M parameters, {w['checkpoint_gb']:.3f} GB) | "
               f"save {w['save_s']:.1f} s, load {w['load_s']:.1f} s; plain model.py logits vs sharded: largest difference "
               f"{w['logits_max_abs_diff']:.1e} (largest logit {w['logits_max_abs']:.1f}); resumed = uninterrupted: "
               f"{'bitwise' if w['resume_bitwise'] else 'largest difference %.1e' % w['resume_max_abs_diff']} |")
