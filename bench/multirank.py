@@ -160,8 +160,8 @@ def width_batch(step, rank, device, vocab):
 def fingerprint(model):
     """Per tensor: whether it is bitwise what the other run has (its bytes) and a sample of values."""
     state = full_state(model)
-    return {k: dict(bytes=hashlib.blake2b(v.numpy().tobytes()).hexdigest(), sample=v.flatten()[:65536].clone(), shape=tuple(v.shape))
-            for k, v in state.items()}
+    return {k: dict(bytes=hashlib.blake2b(v.numpy().tobytes()).hexdigest(), sample=v.flatten()[:65536].clone(),
+                    shape=tuple(v.shape)) for k, v in state.items()}
 
 
 def worker_width(a):
@@ -196,9 +196,12 @@ def worker_width(a):
             back_to_training(model)
             if rank == 0:
                 torch.save(logits, out / "sharded_logits.pt")
+    if device.type == "cuda":  # this rank's; ranks sharing a GPU add up
+        timing["peak_gib_per_rank"] = torch.cuda.max_memory_allocated() / 2**30
     prints = fingerprint(model)
     if rank == 0:
-        torch.save(dict(timing=timing, fingerprint=prints, parameters=sum(torch.Size(v["shape"]).numel() for v in prints.values())), a.result)
+        parameters = sum(torch.Size(v["shape"]).numel() for v in prints.values())
+        torch.save(dict(timing=timing, fingerprint=prints, parameters=parameters), a.result)
 
 
 def worker_plain_logits(a):
@@ -227,9 +230,9 @@ def worker_fail(a):
     if a.fail != "none":
         RL.cj_grpo_loss = failing
     flags = ["--init", str(REPO / "checkpoints" / "llada-tiny"), "--task", "sudoku", "--n_train", "64",
-             "--prompts_per_step", os.environ.get("WORLD_SIZE", "2"), "--group_size", "2", "--gen_length", "40", "--micro_batch", "2", "--eval_n", "2",
-             "--eval_every", "100", "--num_iterations", "2", "--lr", "1e-3", "--save_every", "2", "--steps", "4",
-             "--out_dir", a.out_dir, "--device", a.device] + (["--resume"] if a.resume else [])
+             "--prompts_per_step", os.environ.get("WORLD_SIZE", "2"), "--group_size", "2", "--gen_length", "40",
+             "--micro_batch", "2", "--eval_n", "2", "--eval_every", "100", "--num_iterations", "2", "--lr", "1e-3",
+             "--save_every", "2", "--steps", "4", "--out_dir", a.out_dir, "--device", a.device] + ["--resume"] * a.resume
     with name_the_failed_rank():
         RL.main(RL.config_from_args(RL.RLConfig, flags))
 
@@ -241,7 +244,8 @@ def launch(a, worker, nproc, timeout=600, **kw):
     """Run one worker (under torchrun when nproc > 0); returns (exit status, seconds, output)."""
     argv = [str(Path(__file__).resolve()), "--worker", worker, "--device", a.device, "--layers", str(a.layers)]
     argv += ["--tiny"] * a.tiny + [f"--{k}={v}" for k, v in kw.items()]
-    cmd = ([sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"] if nproc else [sys.executable]) + argv
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
+    cmd = (torchrun if nproc else [sys.executable]) + argv
     env = {**os.environ, **({"DIST_BACKEND": a.backend} if a.backend else {}), **({"OMP_NUM_THREADS": "1"} if a.tiny else {})}
     t = time.time()
     p = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
@@ -299,8 +303,9 @@ def part_width(a, work):
     f, r = torch.load(first, weights_only=False), torch.load(resumed, weights_only=False)
     sharded, plain = torch.load(out / "sharded_logits.pt"), torch.load(work / "plain_logits.pt")
     ckpt_bytes = sum(p.stat().st_size for p in (out / "latest").iterdir())
-    return dict(d_model=width_config(a).d_model, layers=width_config(a).n_layers, parameters=f["parameters"], checkpoint_gb=ckpt_bytes / 1e9,
-                save_s=f["timing"]["save_s"], load_s=r["timing"]["load_s"],
+    return dict(d_model=width_config(a).d_model, layers=width_config(a).n_layers, parameters=f["parameters"],
+                checkpoint_gb=ckpt_bytes / 1e9, save_s=f["timing"]["save_s"], load_s=r["timing"]["load_s"],
+                peak_gib_per_rank=f["timing"].get("peak_gib_per_rank", float("nan")),
                 logits_max_abs_diff=(sharded - plain).abs().max().item(), logits_max_abs=sharded.abs().max().item(),
                 resume_bitwise=all(f["fingerprint"][k]["bytes"] == r["fingerprint"][k]["bytes"] for k in f["fingerprint"]),
                 resume_max_abs_diff=max((f["fingerprint"][k]["sample"] - r["fingerprint"][k]["sample"]).abs().max().item()
@@ -342,7 +347,7 @@ def print_table(result):
     if "width" in result:
         w = result["width"]
         print(f"| checkpoint, d_model {w['d_model']}, {w['layers']} layers ({w['parameters'] / 1e6:,.2f}M parameters, {w['checkpoint_gb']:.3f} GB) | "
-              f"save {w['save_s']:.1f} s, load {w['load_s']:.1f} s; plain model.py logits vs sharded: largest difference "
+              f"peak {w['peak_gib_per_rank']:.1f} GiB per rank; save {w['save_s']:.1f} s, load {w['load_s']:.1f} s; plain model.py logits vs sharded: largest difference "
               f"{w['logits_max_abs_diff']:.1e} (largest logit {w['logits_max_abs']:.1f}); resumed = uninterrupted: "
               f"{'bitwise' if w['resume_bitwise'] else 'largest difference %.1e' % w['resume_max_abs_diff']} |")
     for mode, r in result.get("fail", {}).items():
