@@ -60,7 +60,8 @@ def setup_distributed(device=""):
     if not timeout > 0:
         raise SystemExit(f"DIST_TIMEOUT={os.environ['DIST_TIMEOUT']!r}: expected a positive number of seconds")
     if device == "cuda":
-        local, ranks_here, gpus = int(os.environ["LOCAL_RANK"]), int(os.environ["LOCAL_WORLD_SIZE"]), torch.cuda.device_count()
+        local, gpus = int(os.environ.get("LOCAL_RANK", 0)), torch.cuda.device_count()
+        ranks_here = int(os.environ.get("LOCAL_WORLD_SIZE", local + 1))  # torchrun sets it; other launchers may not
         if ranks_here > gpus and backend == "nccl":
             raise SystemExit(f"{ranks_here} ranks on this machine but {gpus} GPU(s): NCCL needs a GPU per rank. Use "
                              f"--nproc_per_node={gpus}, or DIST_BACKEND=gloo to let ranks share a GPU (slow; for testing)")
