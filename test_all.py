@@ -1858,6 +1858,54 @@ def test_lora_fsdp_two_processes_equal_one(tmp_path):
     for k in plain:  # float32 sums in another order: tolerance 1e-5
         torch.testing.assert_close(plain[k], two[k], rtol=1e-5, atol=1e-6)
 
+
+# ---- a failing rank ----
+
+FAILING_RANK_SCRIPT = r"""
+import os, sys
+sys.path.insert(0, {repo!r})
+import test_all as T, train_rl as RL
+from train_common import name_the_failed_rank
+original, calls = RL.cj_grpo_loss, []
+def failing(*args, **kw):  # rank 1 raises in the middle of step 1, after the step's first update
+    calls.append(1)
+    if len(calls) == 2 and os.environ["RANK"] == "1":
+        raise RuntimeError("injected failure")
+    return original(*args, **kw)
+RL.cj_grpo_loss = failing
+with name_the_failed_rank():
+    RL.main(RL.config_from_args(RL.RLConfig, ["--init", {init!r}, *T.RL_SMALL, "--steps", "2", "--out_dir", {out!r}]))
+"""
+
+
+def test_a_rank_that_raises_mid_step_stops_the_other_with_its_name(tmp_path):
+    """Two gloo processes started without torchrun (so nothing else tears the group down): rank 1
+    raises inside the training phase; rank 0, waiting in a collective, exits on its own with one
+    line naming rank 1, not after the collective timeout and not with a traceback from torch."""
+    import os
+    import socket
+    import subprocess
+    import sys
+    repo = os.path.dirname(os.path.abspath(__file__))
+    script = tmp_path / "fail.py"
+    script.write_text(FAILING_RANK_SCRIPT.format(repo=repo, init=os.path.join(repo, "checkpoints", "llada-tiny"), out=str(tmp_path / "out")))
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "WORLD_SIZE": "2",
+           "LOCAL_WORLD_SIZE": "2", "DIST_TIMEOUT": "600"}
+    procs = [subprocess.Popen([sys.executable, str(script)], env={**env, "RANK": str(r), "LOCAL_RANK": str(r)},
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for r in range(2)]
+    try:
+        (_, err0), (_, err1) = (p.communicate(timeout=120) for p in procs)
+    finally:
+        for p in procs:
+            p.kill()
+    assert procs[1].returncode != 0 and "RuntimeError: injected failure" in err1
+    assert procs[0].returncode == 1
+    assert "rank 0: stopping: rank 1 failed: RuntimeError: injected failure" in err0
+    assert "Traceback" not in err0
+
 # -----------------------------------------------------------------------------
 # train_sft.py
 

@@ -14,8 +14,8 @@ import json
 import math
 import os
 import re
+from contextlib import contextmanager, suppress
 from dataclasses import asdict, fields
-from contextlib import contextmanager
 from datetime import timedelta
 from pathlib import Path
 
@@ -66,21 +66,77 @@ def config_from_args(cls, argv=None, defaults_by=None):
 
 
 def setup_distributed(device=""):
-    """torchrun's environment -> (rank, world_size, device). Without torchrun: one process."""
-    if "RANK" in os.environ:
-        backend = "nccl" if torch.cuda.is_available() and device != "cpu" else "gloo"
-        # a rank that dies leaves the others in a collective: fail after 30 minutes, not never
-        dist.init_process_group(backend, timeout=timedelta(minutes=30))
-        rank, world = dist.get_rank(), dist.get_world_size()
-    else:
-        rank, world = 0, 1
+    """torchrun's environment -> (rank, world_size, device). Without torchrun: one process.
+    DIST_BACKEND=nccl|gloo picks the backend (default nccl on CUDA, gloo on the CPU); gloo lets
+    ranks share a GPU, which NCCL refuses. DIST_TIMEOUT: seconds a rank waits in a collective for
+    a stuck peer before it fails (default 600)."""
     if not device:
         device = "cuda" if torch.cuda.is_available() else "cpu"
+    if "RANK" not in os.environ:
+        if device == "cuda":
+            torch.cuda.set_device(0)
+            device = "cuda:0"
+        return 0, 1, torch.device(device)
+    backend = os.environ.get("DIST_BACKEND", "nccl" if device.startswith("cuda") else "gloo")
+    if backend not in ("nccl", "gloo") or (backend == "nccl" and not device.startswith("cuda")):
+        raise SystemExit(f"DIST_BACKEND={backend!r} with device {device!r}: expected gloo, or nccl on CUDA")
+    try:  # 10 minutes (torch's default is 30): an 8B checkpoint (~100 GB with the optimizer state)
+        # written by rank 0 at ~1 GB/s while the others wait fits; a stuck rank is not taken for a slow step
+        timeout = float(os.environ.get("DIST_TIMEOUT", "600"))
+    except ValueError:
+        timeout = -1.0
+    if not timeout > 0:
+        raise SystemExit(f"DIST_TIMEOUT={os.environ['DIST_TIMEOUT']!r}: expected a positive number of seconds")
     if device == "cuda":
-        local = int(os.environ.get("LOCAL_RANK", 0))
-        torch.cuda.set_device(local)
-        device = f"cuda:{local}"
-    return rank, world, torch.device(device)
+        local, gpus = int(os.environ.get("LOCAL_RANK", 0)), torch.cuda.device_count()
+        ranks_here = int(os.environ.get("LOCAL_WORLD_SIZE", local + 1))  # torchrun sets it; other launchers may not
+        if ranks_here > gpus and backend == "nccl":
+            raise SystemExit(f"{ranks_here} ranks on this machine but {gpus} GPU(s): NCCL needs a GPU per rank. Use "
+                             f"--nproc_per_node={gpus}, or DIST_BACKEND=gloo to let ranks share a GPU (slow; for testing)")
+        if ranks_here > gpus and local == 0:
+            print(f"{ranks_here} ranks share {gpus} GPU(s) over gloo: local rank r runs on cuda:(r % {gpus})", flush=True)
+        device = f"cuda:{local % gpus}"
+        torch.cuda.set_device(device)
+    dist.init_process_group(backend, timeout=timedelta(seconds=timeout))
+    return dist.get_rank(), dist.get_world_size(), torch.device(device)
+
+
+def in_a_collective(e):
+    """Did `e` come out of a collective (gloo raises a plain RuntimeError from the wait)?"""
+    tb = e.__traceback__
+    while tb.tb_next:
+        tb = tb.tb_next
+    return isinstance(e, dist.DistError) or tb.tb_frame.f_code.co_filename.endswith("distributed_c10d.py")
+
+
+@contextmanager
+def name_the_failed_rank():
+    """Under torchrun, one rank's failure leaves the others waiting in a collective until they fail
+    too (gloo: at once, when the failed process closes its sockets; NCCL: at the timeout, unless
+    torchrun stops them first). The failing rank leaves its rank and error in the process group's
+    store before it exits; a rank whose collective then fails exits with one line naming it,
+    not with a traceback from inside torch.distributed."""
+    try:
+        yield
+    except (Exception, SystemExit) as e:
+        if not dist.is_initialized() or (isinstance(e, SystemExit) and not e.code):
+            raise
+        rank, store = dist.get_rank(), dist.distributed_c10d._get_default_store()
+        if isinstance(e, SystemExit) or not in_a_collective(e):
+            with suppress(Exception):  # the store may be gone with its host
+                store.set("failed", f"rank {rank} failed: {e.code if isinstance(e, SystemExit) else f'{type(e).__name__}: {e}'}")
+                if dist.get_backend() == "gloo":  # peers learn now, not after this interpreter's shutdown (seconds)
+                    dist.destroy_process_group()
+            raise
+        cause = None
+        with suppress(Exception):
+            store.set_timeout(timedelta(seconds=5))
+            cause = store.get("failed").decode() if store.check(["failed"]) else None
+        detail = re.sub(r"^\[[^]]*\] *", "", str(e)).split(". ")[0]  # gloo's message, less its source line
+        why = cause or (f"another rank stopped without a message (killed? torchrun's 'Root Cause' names it), or a "
+                        f"collective waited longer than DIST_TIMEOUT={os.environ.get('DIST_TIMEOUT', '600')} s "
+                        f"({detail})")
+        raise SystemExit(f"rank {rank}: stopping: {why}. The last complete checkpoint is untouched: continue with --resume") from None
 
 
 def prepare_model(model, world, device, compile=False, frozen=False, keep_dtype=False):

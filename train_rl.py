@@ -35,7 +35,8 @@ from model import LLaDA, load_tokenizer
 from sample import banned_ids, generate, left_pad
 from tasks import get_task
 from train_common import (MetricsLog, autocast, config_from_args, back_to_training, load_training_state, lr_at,
-                          prepare_model, read_training_state, run_folder, save_training_checkpoint, setup_distributed)
+                          name_the_failed_rank, prepare_model, read_training_state, run_folder, save_training_checkpoint,
+                          setup_distributed)
 
 
 @dataclass
@@ -550,4 +551,5 @@ def train(cfg, out, rank, world, device):
 
 
 if __name__ == "__main__":
-    main(config_from_args(RLConfig, defaults_by=("algo", ALGO_DEFAULTS)))
+    with name_the_failed_rank():  # under torchrun: one line naming a failed rank, not a hang or a traceback
+        main(config_from_args(RLConfig, defaults_by=("algo", ALGO_DEFAULTS)))

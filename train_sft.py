@@ -24,7 +24,8 @@ from model import LLaDA, byte_tokenizer_config, load_tokenizer, write_byte_token
 from sample import generate, left_pad
 from tasks import get_task
 from train_common import (MetricsLog, autocast, back_to_training, config_from_args, load_training_state, lr_at,
-                          prepare_model, read_training_state, run_folder, save_training_checkpoint, setup_distributed)
+                          name_the_failed_rank, prepare_model, read_training_state, run_folder, save_training_checkpoint,
+                          setup_distributed)
 
 
 @dataclass
@@ -220,4 +221,5 @@ def train(cfg, out, rank, world, device):
 
 
 if __name__ == "__main__":
-    main(config_from_args(SFTConfig))
+    with name_the_failed_rank():  # under torchrun: one line naming a failed rank, not a hang or a traceback
+        main(config_from_args(SFTConfig))
