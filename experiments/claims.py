@@ -680,8 +680,8 @@ def make_plots(c, st):
         return []
     res, made = Path(c.results_dir), []
 
-    def save(fig, name):
-        fig.tight_layout()
+    def save(fig, name, top=1.0):
+        fig.tight_layout(rect=(0, 0, 1, top))
         fig.savefig(res / name, dpi=110)
         plt.close(fig)
         made.append(res / name)
@@ -690,18 +690,19 @@ def make_plots(c, st):
         rows = st["eval"]["rows"]
         Ls = sorted({r["L"] for r in rows})
         tasks = ["sudoku", "countdown", "arithmetic"]
+        families = list(dict.fromkeys(r["family"] for r in rows))
         fig, axes = plt.subplots(len(Ls), 3, figsize=(15, 4.2 * len(Ls)), squeeze=False)
         for i, L in enumerate(Ls):
             for j, t in enumerate(tasks):
                 ax = axes[i][j]
-                for fam in dict.fromkeys(r["family"] for r in rows):
+                for k, fam in enumerate(families):  # one colour per family in every panel
                     pts = sorted((r["model_calls"], r["accuracy"]) for r in rows if r["task"] == t and r["L"] == L and r["family"] == fam)
                     if pts:
-                        ax.plot(*zip(*pts), marker="o", label=fam)
+                        ax.plot(*zip(*pts), marker="o", color=f"C{k}", label=fam)
                 ax.set_xscale("log", base=2)
                 ax.set(title=f"{t}, L = {L}", xlabel="model calls", ylabel="test accuracy")
-        axes[0][0].legend(fontsize=7)
-        save(fig, "claims_accuracy_vs_calls.png")
+        fig.legend(*axes[0][0].get_legend_handles_labels(), loc="upper center", ncol=len(families), fontsize=8)
+        save(fig, "claims_accuracy_vs_calls.png", top=0.95)
         fig, axes = plt.subplots(1, len(Ls), figsize=(6 * len(Ls), 4), squeeze=False)
         for i, L in enumerate(Ls):
             ax = axes[0][i]
