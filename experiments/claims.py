@@ -93,6 +93,7 @@ def quick_overrides(c):
     for k, v in dict(model=f"{c.work_dir}/testbed", results_dir=f"{c.work_dir}/results", device="cpu", n_test=8,
                      batch_size=8, sft_steps=12, sft_batch=8, sft_lr=1e-3, d_model=32, n_layers=2, n_heads=2,
                      mlp_hidden_size=64, window=128, passk_problems=4, passk_samples=4, seeds="0", rl_steps=2, rl_n_test=8,
+                     rl_gen_length=64,
                      rl_prompts=2, rl_group=2, rl_eval_every=1, rl_eval_n=4, jobs=2).items():
         setattr(c, k, v)
     return c
@@ -253,7 +254,7 @@ def stage_sft(c, device):
 
 def stage_eval(c, device):
     model, tok = load_model(c, device)
-    Ls = [128] if c.quick else [128, 256]
+    Ls = [c.rl_gen_length] if c.quick else [128, 256]
     partial = Path(c.work_dir) / "eval_partial.json"  # a stage cut short goes on from the last finished (task, L)
     out = json.loads(partial.read_text()) if partial.is_file() else []
     for task_name in ("sudoku", "countdown", "arithmetic"):
@@ -318,11 +319,11 @@ def stage_passk(c, device):
 
 def rl_arms(L):
     """Every arm trains on the same rollout budget; the decoding its rollouts use is its own."""
-    semi = dict(schedule="linear", block_length=32, diffusion_steps=L // 4, eoser=False, num_iterations=2)
+    semi = dict(schedule="linear", block_length=32, diffusion_steps=L // 4, eoser=False)
     # the EOS tail skipped: after the first EOS the model is near certain (bench/bench_train.py: cosine to the
     # full gradient >= 0.99999997), and it halves the cost of the arithmetic runs
-    just = dict(algo="just_grpo", num_iterations=1, std_norm=True, clip_eps=0.2, skip_eos_tail=True)
-    return {"cj_grpo, ASS + EOSER rollout": dict(algo="cj_grpo", schedule="ass", eoser=True, num_iterations=2),
+    just = dict(algo="just_grpo", skip_eos_tail=True)
+    return {"cj_grpo, ASS + EOSER rollout": dict(algo="cj_grpo", schedule="ass", eoser=True),
             "cj_grpo, semi-AR rollout": dict(algo="cj_grpo", **semi),
             "diffu_grpo, semi-AR rollout": dict(algo="diffu_grpo", **semi),
             "just_grpo, AR rollout": just,
@@ -345,7 +346,8 @@ def rl_job(c, spec):
     """One RL run (train_rl.py), then its test scores: with its own rollout decoding, ASS + EOSER at
     log2(L) steps, semi-AR blocks of 32 at L/4 steps, and (JustGRPO) F4's parallel decoders."""
     out_dir = Path(spec["out_dir"])
-    cfg = config_from_args(RL.RLConfig, rl_flags(c, spec["task"], spec["arm"], spec["seed"], str(out_dir)))
+    cfg = config_from_args(RL.RLConfig, rl_flags(c, spec["task"], spec["arm"], spec["seed"], str(out_dir)),
+                           defaults_by=("algo", RL.ALGO_DEFAULTS))  # each algorithm with its reference's optimizer
     t0 = time.time()
     RL.main(cfg)
     minutes = (time.time() - t0) / 60
