@@ -1769,7 +1769,7 @@ def test_lora_trains_only_the_adapters(algo):
     import lora
     model = lora.add_lora(tiny_model(), 4, 8.0, 0.05, lora.REFERENCE_TARGETS).train()
     batch = fixed_rollout(model, algo)
-    cfg = rl_config(algo=algo, num_iterations=1, beta=0.0 if algo == "just_grpo" else 0.1)
+    cfg = rl_config(algo=algo, num_iterations=1, beta=0.0 if algo == "just_grpo" else 0.1, group_size=2)
     if algo == "diffu_grpo":
         RL.add_diffu_inputs(model, batch, cfg, seed=0)
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
@@ -1801,7 +1801,7 @@ def test_lora_resume_reaches_the_same_adapters_and_merged_weights(tmp_path):
     sa, sb = (torch.load(tmp_path / d / "latest" / "train_state.pt", weights_only=False) for d in "ab")
     assert set(sa["optimizer"]["state"]) == set(sa["lora"])  # Adam holds the adapters only
     assert all(torch.equal(sa["lora"][k], sb["lora"][k]) for k in sa["lora"])
-    with pytest.raises(ValueError, match=r"train_state.pt: its LoRA adapters \(48 tensors, rank 8\) do not match this run's \(48, rank 4\)"):
+    with pytest.raises(ValueError, match=r"the saved LoRA adapters \(48 tensors, rank 8\) do not match this run's \(48, rank 4\)"):
         RL.main(RL.config_from_args(RL.RLConfig, args[:-8] + ["--lora_rank", "4", "--out_dir", str(tmp_path / "b"),
                                                               "--steps", "3", "--resume"]))
 
@@ -1828,7 +1828,7 @@ RL.train_on_rollout(model, model, opt, mine, cfg, world)
 save_training_checkpoint({out!r} + f"/w{{tag}}", model, opt, 1, cfg, rank)
 again = build()
 opt2 = torch.optim.AdamW([p for p in again.parameters() if p.requires_grad], lr=1e-2)
-load_training_state({out!r} + f"/w{{tag}}/latest", again, opt2)
+load_training_state(torch.load({out!r} + f"/w{{tag}}/latest/train_state.pt", weights_only=False), again, opt2)
 for (n, p), q in zip(model.named_parameters(), again.parameters()):
     full = lambda t: t.full_tensor() if hasattr(t, "full_tensor") else t
     assert torch.equal(full(p), full(q)), n
@@ -2312,8 +2312,9 @@ def test_claims_quick_pipeline(tmp_path):
     C.main(["--quick", f"--work_dir={tmp_path}"])
     report = json.loads((tmp_path / "results" / "claims.json").read_text())
     assert [c["id"] for c in report["claims"]] == ["C1", "C2", "C3", "F1", "F2", "C4", "C5", "F3", "F4", "F5"]
-    assert all(c["verdict"] in ("holds", "does not hold", "inconclusive") for c in report["claims"][:5])
-    assert all(c["verdict"] == "not measured (1 of 3 seeds)" for c in report["claims"][5:])  # --quick: one seed
+    verdicts = [c["verdict"] for c in report["claims"]]
+    assert all(v in ("holds", "does not hold", "inconclusive", "not measured") for v in verdicts[:5])
+    assert verdicts[5:] == ["not measured (1 of 3 seeds)"] * 5  # --quick: one seed
     for row in report["stages"]["eval"]["rows"]:
         assert row["accuracy"] == pytest.approx(row["correct"].count("1") / row["n"])
         assert row["ci"][0] <= row["accuracy"] <= row["ci"][1]
