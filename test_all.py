@@ -1995,7 +1995,7 @@ def test_trainers_hold_out_the_validation_split(tmp_path, monkeypatch):
     assert asked == ["train", "validation"]
 
 
-# ---- robustness: run folders, checkpoints, flags, errors (issue 18) ----
+# ---- robustness: run folders, checkpoints, flags, errors ----
 
 import train_common as TC
 
@@ -2022,7 +2022,7 @@ def rl_main(argv):
 
 
 def test_save_removes_orphans_and_a_failed_write_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
-    """18.1: temp folders of killed saves go before the next save writes; a full disk is one message."""
+    """Temp folders of killed saves go before the next save writes; a full disk is one message."""
     model = tiny_model()
     path = tmp_path / "latest"
     M.save_checkpoint(path, model.state_dict(), model.config)
@@ -2044,7 +2044,7 @@ def test_save_removes_orphans_and_a_failed_write_keeps_the_previous_checkpoint(t
 
 
 def test_resume_finds_the_checkpoint_of_a_save_killed_between_the_renames(tmp_path):
-    """18.3: killed after `latest` -> .latest.old-PID: the complete new copy (.latest.tmp-PID) is
+    """Killed after `latest` -> .latest.old-PID: the complete new copy (.latest.tmp-PID) is
     put in place, or the old one when the new copy is gone; the leftovers are removed."""
     old, new = tiny_model(seed=0), tiny_model(seed=1)
     M.save_checkpoint(tmp_path / "a" / ".latest.old-77", old.state_dict(), old.config)
@@ -2064,7 +2064,7 @@ def test_resume_finds_the_checkpoint_of_a_save_killed_between_the_renames(tmp_pa
 
 
 def test_a_folder_holding_a_run_is_refused_without_resume_or_overwrite(tmp_path, capsys):
-    """18.2 (both trainers), 18.13 (--resume into another run), 18.19 (the closing lines)."""
+    """Both trainers refuse a folder holding a run; --resume into another run is refused; the closing lines."""
     rl_main(rl_args(tmp_path))
     assert "checkpoint: " + str(tmp_path / "run" / "latest") in capsys.readouterr().out
     before = (tmp_path / "run" / "metrics.jsonl").read_text()
@@ -2090,7 +2090,7 @@ def test_a_folder_holding_a_run_is_refused_without_resume_or_overwrite(tmp_path,
 
 
 def test_a_second_run_into_a_locked_folder_stops_and_a_dead_holder_frees_it(tmp_path):
-    """18.4: the lock is held for the run's lifetime; the kernel frees it when its holder dies."""
+    """The lock is held for the run's lifetime; the kernel frees it when its holder dies."""
     import subprocess
     import sys
     (tmp_path / "run").mkdir()
@@ -2110,7 +2110,7 @@ def test_a_second_run_into_a_locked_folder_stops_and_a_dead_holder_frees_it(tmp_
 
 
 def test_training_that_cannot_recover_stops_and_nonfinite_weights_are_never_saved(tmp_path, monkeypatch):
-    """18.7, and 18.19's accuracy column: for just_grpo (reward +-1) acc = (reward + 1) / 2."""
+    """A run that cannot recover stops; the accuracy column: for just_grpo (reward +-1) acc = (reward + 1) / 2."""
     real = RL.train_on_rollout
 
     def nan_step(model, ref, optimizer, batch, cfg, world):
@@ -2133,7 +2133,7 @@ def test_training_that_cannot_recover_stops_and_nonfinite_weights_are_never_save
 
 
 def test_metrics_log_is_strict_json_and_a_torn_last_line_is_dropped(tmp_path):
-    """18.8 and 18.10: null for non-finite values; resume drops a torn last line, names a bad middle one."""
+    """Null for non-finite values; resume drops a torn last line, names a bad middle one."""
     log = TC.MetricsLog(tmp_path, 0)
     log.write(step=1, loss=float("nan"), kl=float("inf"), reward_mean=0.5)
     log.write(step=2, loss=1.0)
@@ -2152,7 +2152,7 @@ def test_metrics_log_is_strict_json_and_a_torn_last_line_is_dropped(tmp_path):
 
 
 def test_data_file_errors_name_the_file_and_row(tmp_path):
-    """18.10: each bad data file stops before training with one message naming it."""
+    """Each bad data file stops before training with one message naming it."""
     good = json.dumps(GSM_ROWS[0]) + "\n"
     long_row = json.dumps({"question": "x" * 300, "answer": "#### 1"}) + "\n"
     cases = [("empty.jsonl", b"", [], r"empty.jsonl: 0 rows, but --eval_n 1 held out \+ --prompts_per_step 2 .* need 3"),
@@ -2173,7 +2173,7 @@ def test_data_file_errors_name_the_file_and_row(tmp_path):
 
 
 def test_flags_are_checked_and_every_algorithm_runs_with_its_defaults(capsys):
-    """18.13 (flag values), 18.14 and issue 19 item 5 (per-algorithm defaults, AdamW betas)."""
+    """Flag values are checked, and every algorithm runs with its own defaults (AdamW betas included)."""
     parse = lambda *argv: RL.config_from_args(RL.RLConfig, list(argv), defaults_by=("algo", RL.ALGO_DEFAULTS))
     with pytest.raises(SystemExit):
         parse("--eoser", "maybe")
@@ -2197,7 +2197,7 @@ def test_flags_are_checked_and_every_algorithm_runs_with_its_defaults(capsys):
 
 @pytest.mark.parametrize("cls", [RL.RLConfig, SFT.SFTConfig])
 def test_help_gives_every_flag_its_text_and_default(cls, capsys):
-    """18.18: the field comments are the help texts (one source), each with its default."""
+    """The field comments are the help texts (one source), each with its default."""
     from dataclasses import fields
     with pytest.raises(SystemExit):
         TC.config_from_args(cls, ["--help"])
@@ -2210,7 +2210,7 @@ def test_help_gives_every_flag_its_text_and_default(cls, capsys):
 
 
 def test_default_out_dir_is_per_algorithm_and_task(tmp_path, monkeypatch):
-    """18.20: runs of different algorithms or tasks never share the default folder."""
+    """Runs of different algorithms or tasks never share the default folder."""
     monkeypatch.chdir(tmp_path)
     args = rl_args(tmp_path)[:-2] + ["--steps", "1"]  # no --out_dir
     rl_main(args + ["--algo", "diffu_grpo"])
@@ -2220,7 +2220,7 @@ def test_default_out_dir_is_per_algorithm_and_task(tmp_path, monkeypatch):
 
 
 def test_checkpoint_files_get_the_mode_of_a_normal_file(tmp_path):
-    """18.21: safetensors writes 0600; the checkpoint is as readable as config.json (0644 at umask 022)."""
+    """Safetensors writes 0600; the checkpoint is as readable as config.json (0644 at umask 022)."""
     import os
     old = os.umask(0o022)
     try:
@@ -2233,7 +2233,7 @@ def test_checkpoint_files_get_the_mode_of_a_normal_file(tmp_path):
 
 
 def test_plot_metrics_writes_a_png(tmp_path):
-    """18.19: the one-line plot command reads a strict metrics.jsonl (nulls included)."""
+    """The one-line plot command reads a strict metrics.jsonl (nulls included)."""
     import os
     import subprocess
     import sys
