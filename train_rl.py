@@ -86,8 +86,9 @@ class RLConfig:
 # decay 0, constant lr without warm-up, gradient clip 1.0, std-normalised advantages, one update per
 # rollout. CJ-GRPO and d1 (TRL's GRPOTrainer): the dataclass defaults above.
 ALGO_DEFAULTS = {
-    # the bundled model's 3-minute job: one update per rollout and no warm-up (EOSER-ASS-RL: mu 2, 5 steps)
-    "cj_grpo": dict(num_iterations=1, warmup=0),
+    # the bundled model's 3-minute job: one update per rollout, no warm-up (EOSER-ASS-RL: mu 2, 5 steps) and
+    # lr 3e-5 (at 1e-4 the held-out accuracy moved +3.6 / -10.9 / -2.7 points over 3 seeds, README)
+    "cj_grpo": dict(num_iterations=1, warmup=0, lr=3e-5),
     "diffu_grpo": {},
     "just_grpo": dict(num_iterations=1, adam_beta2=0.999, weight_decay=0.0, warmup=0, grad_clip=1.0, std_norm=True,
                       clip_eps=0.2),
