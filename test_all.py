@@ -2066,7 +2066,9 @@ def test_resume_finds_the_checkpoint_of_a_save_killed_between_the_renames(tmp_pa
 def test_a_folder_holding_a_run_is_refused_without_resume_or_overwrite(tmp_path, capsys):
     """Both trainers refuse a folder holding a run; --resume into another run is refused; the closing lines."""
     rl_main(rl_args(tmp_path))
-    assert "checkpoint: " + str(tmp_path / "run" / "latest") in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "checkpoint: " + str(tmp_path / "run" / "latest") in out
+    assert re.search(r"Held-out \(\d+ problems.*accuracy \d\.\d+ -> \d\.\d+, reward -?\d\.\d+ -> -?\d\.\d+", out)  # 18.15
     before = (tmp_path / "run" / "metrics.jsonl").read_text()
     with pytest.raises(SystemExit, match="holds a run: give --resume to continue it, --overwrite to start over"):
         rl_main(rl_args(tmp_path))
@@ -2189,7 +2191,8 @@ def test_flags_are_checked_and_every_algorithm_runs_with_its_defaults(capsys):
     assert (just.num_iterations, just.adam_beta1, just.adam_beta2, just.weight_decay, just.warmup, just.grad_clip,
             just.std_norm) == (1, 0.9, 0.999, 0.0, 0, 1.0, True)
     cj = parse("--algo", "cj_grpo")
-    assert (cj.adam_beta2, cj.weight_decay, cj.grad_clip, cj.num_iterations) == (0.99, 0.1, 0.2, 2)
+    assert (cj.adam_beta2, cj.weight_decay, cj.grad_clip, cj.num_iterations, cj.warmup) == (0.99, 0.1, 0.2, 1, 0)
+    assert parse("--algo", "diffu_grpo").num_iterations == 2  # the bundled model's job settings are cj_grpo's only
     assert parse("--algo", "just_grpo", "--adam_beta2", "0.98").adam_beta2 == 0.98  # a given flag wins
     assert TC.lr_at(0, 1e-4, just.warmup) == TC.lr_at(50, 1e-4, just.warmup) == 1e-4  # constant lr
     assert RL.reward_scale("just_grpo") != RL.reward_scale("cj_grpo")

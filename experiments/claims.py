@@ -324,11 +324,13 @@ def stage_passk(c, device):
 
 def rl_arms(L):
     """Every arm trains on the same rollout budget; the decoding its rollouts use is its own."""
-    semi = dict(schedule="linear", block_length=32, diffusion_steps=L // 4, eoser=False)
+    # mu 2 and a 5-step warm-up for the two clipped-ratio algorithms, as these runs were first made
+    # (train_rl's cj_grpo default of mu 1 sizes the bundled model's 3-minute job)
+    semi = dict(schedule="linear", block_length=32, diffusion_steps=L // 4, eoser=False, num_iterations=2, warmup=5)
     # the EOS tail skipped: after the first EOS the model is near certain (bench/bench_train.py: cosine to the
     # full gradient >= 0.99999997), and it halves the cost of the arithmetic runs
     just = dict(algo="just_grpo", skip_eos_tail=True)
-    return {"cj_grpo, ASS + EOSER rollout": dict(algo="cj_grpo", schedule="ass", eoser=True),
+    return {"cj_grpo, ASS + EOSER rollout": dict(algo="cj_grpo", schedule="ass", eoser=True, num_iterations=2, warmup=5),
             "cj_grpo, semi-AR rollout": dict(algo="cj_grpo", **semi),
             "diffu_grpo, semi-AR rollout": dict(algo="diffu_grpo", **semi),
             "just_grpo, AR rollout": just,
