@@ -243,7 +243,8 @@ def stage_sft(c, device):
     if device.type == "cuda":
         cmd.append("--compile")
     t0 = time.time()
-    subprocess.run(cmd, check=True)
+    if subprocess.run(cmd).returncode:
+        raise SystemExit(f"sft stage: train_sft.py failed (its output is above); command: {' '.join(cmd)}")
     rows = [json.loads(line) for line in open(run / "metrics.jsonl")]
     evals = [r for r in rows if any(k.startswith("acc_") for k in r)]
     score = lambda r: np.mean([v for k, v in r.items() if k.startswith("acc_")])
