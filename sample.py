@@ -488,8 +488,6 @@ def evaluate(model, tok, task, examples, prompts, a, kw):
     with --samples n, pass@k for k = 1, 2, 4, ... n by the unbiased estimator over n completions each."""
     from tqdm import tqdm
     from tasks import pass_at_k
-    if a.samples < 1:
-        raise SystemExit(f"--samples {a.samples}: expected at least 1")
     examples = [ex for ex in examples for _ in range(a.samples)]  # the samples of an example are adjacent
     prompts = [p for p in prompts for _ in range(a.samples)]
     passed, reward, calls = [], 0.0, 0
