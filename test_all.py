@@ -1707,6 +1707,43 @@ def test_fsdp_two_processes_equal_one(tmp_path):
     for k in plain:  # float32 sums in another order: tolerance 1e-5
         torch.testing.assert_close(plain[k], two[k], rtol=1e-5, atol=1e-6)
 
+
+def test_two_ranks_train_like_one_process_for_every_algorithm(tmp_path):
+    """bench/multirank.py's first check at tiny sizes: for cj_grpo, just_grpo and diffu_grpo, two
+    gloo ranks, each rolling out its half, end two steps where one plain process does (JustGRPO
+    averages its per-rank group sums over ranks, so the plain process runs at half the lr)."""
+    import os
+    import subprocess
+    import sys
+    repo = os.path.dirname(os.path.abspath(__file__))
+    out = tmp_path / "multirank.json"
+    p = subprocess.run([sys.executable, os.path.join(repo, "bench", "multirank.py"), "--tiny", "--parts", "same",
+                        "--out", str(out)], env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True,
+                       timeout=300, cwd=tmp_path)
+    assert p.returncode == 0, f"multirank.py failed:\n{p.stdout}\n{p.stderr}"
+    same = json.loads(out.read_text())["same"]
+    assert set(same) == {f"{algo} fp32" for algo in ("cj_grpo", "just_grpo", "diffu_grpo")}
+    for name, r in same.items():
+        assert r["rollout_tokens_equal"] == 1.0 and r["update_rel_to_weights"] > 1e-3, name  # the step moved the weights
+        assert r["update_rel_diff"] < 1e-5, name
+
+
+def test_lora_benchmark_runs_both_steps(tmp_path):
+    """bench/bench_lora.py --tiny: the 8B-shape LoRA benchmark's code path on the CPU, one CJ-GRPO
+    and one JustGRPO step with FLOPs counted."""
+    import os
+    import subprocess
+    import sys
+    repo = os.path.dirname(os.path.abspath(__file__))
+    out = tmp_path / "bench_lora.json"
+    p = subprocess.run([sys.executable, os.path.join(repo, "bench", "bench_lora.py"), "--tiny", "--out", str(out)],
+                       env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert p.returncode == 0, f"bench_lora.py failed:\n{p.stdout}\n{p.stderr}"
+    steps = json.loads(out.read_text())["steps"]
+    assert [r["algo"] for r in steps] == ["cj_grpo", "just_grpo"]
+    assert all(r["train_tflop"] > 0 and r["train_s"] > 0 for r in steps)
+    assert steps[1]["trained_rows"] == 0.25 * 4 * 16  # top 25% of 4 sequences x L 16
+
 # ---- LoRA (lora.py; train_rl.py --lora_rank) ----
 
 

@@ -131,7 +131,8 @@ def main():
     common = RL.RLConfig(gen_length=args.gen_length, micro_batch=args.micro_batch, lora_rank=args.rank,
                          lora_alpha=args.alpha, lora_targets=args.targets)
     runs = {"cj_grpo": replace(common, algo="cj_grpo", num_iterations=2, beta=0.04),
-            "just_grpo": replace(common, algo="just_grpo", num_iterations=1, top_entropy=args.top_entropy, stack=args.stack)}
+            "just_grpo": replace(common, algo="just_grpo", num_iterations=1, top_entropy=args.top_entropy, stack=args.stack,
+                                 group_size=1)}  # groups of 1: the warm-up's size (the advantages are random anyway)
     rows = [bench_step(model, device, args, name, cfg) for name, cfg in runs.items()]
     result = dict(device=where, torch=torch.__version__, layers=model_cfg.n_layers, frozen_params=base,
                   adapter_params=adapters, build_s=build_s, matmul_tflops=args.matmul_tflops, args=vars(args), steps=rows)

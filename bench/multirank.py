@@ -45,7 +45,7 @@ import train_rl as RL
 from model import LLaDA, LLaDAConfig, byte_tokenizer_config
 from sample import generate
 from train_common import (back_to_training, load_training_state, name_the_failed_rank, prepare_model,
-                          save_training_checkpoint, setup_distributed)
+                          read_training_state, save_training_checkpoint, setup_distributed)
 
 REPO = Path(__file__).resolve().parents[1]
 ALGOS = ["cj_grpo", "just_grpo", "diffu_grpo"]
@@ -100,11 +100,12 @@ def same_training(a, rank, world, device):
     result = {}
     for algo in ALGOS:
         # the plain process's micro-batches are the ranks' shares: gradients are averaged over ranks
-        # as over micro-batches. JustGRPO sums over micro-batches and normalises by the count of
-        # nonzero advantages, so it equals the ranks only with the whole batch as one micro-batch.
-        micro = n if algo == "just_grpo" and world == 1 else n // a.split
-        cfg = RL.RLConfig(algo=algo, num_iterations=1 if algo == "just_grpo" else 2, micro_batch=micro, temperature=0.0,
-                          clip_eps=0.2, gen_length=L, group_size=2, stack=16, lr=0.1, grad_clip=math.inf)
+        # as over micro-batches. JustGRPO sums its groups on each rank and averages over ranks
+        # (DEFINITIONS.md 3.3), so a ranks' step is 1/split of one process's over the same groups
+        # (every group has the same count of nonzero advantages here): the plain process runs at lr / split.
+        lr = 0.1 / a.split if algo == "just_grpo" and world == 1 else 0.1
+        cfg = RL.RLConfig(algo=algo, num_iterations=1 if algo == "just_grpo" else 2, micro_batch=n // a.split,
+                          temperature=0.0, clip_eps=0.2, gen_length=L, group_size=2, stack=16, lr=lr, grad_clip=math.inf)
         torch.manual_seed(0)
         with torch.device(device):
             model = LLaDA(mcfg)  # the same random weights on every rank and in the plain process
@@ -180,7 +181,7 @@ def worker_width(a):
     model = prepare_model(model, world, device)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.9, 0.99), weight_decay=0.1, fused=device.type == "cuda")
     if a.resume:
-        start = load_training_state(out / "latest", model, opt)
+        start = load_training_state(read_training_state(out / "latest", cfg, (), a.steps), model, opt)
         if dist.is_initialized():
             dist.barrier()
         timing["load_s"] = time.time() - t
