@@ -84,6 +84,7 @@ class ClaimsConfig:
     rl_eval_n: int = 256
     rl_n_test: int = 500              # test problems each RL run is scored on
     jobs: int = 24                    # RL runs at a time (processes sharing the GPU)
+    competent: float = 0.2            # a task enters a claim only if some decoder solves this share of it
 
 
 def quick_overrides(c):
@@ -94,7 +95,8 @@ def quick_overrides(c):
                      batch_size=8, sft_steps=12, sft_batch=8, sft_lr=1e-3, d_model=32, n_layers=2, n_heads=2,
                      mlp_hidden_size=64, window=128, passk_problems=4, passk_samples=4, seeds="0", rl_steps=2, rl_n_test=8,
                      rl_gen_length=64,
-                     rl_prompts=2, rl_group=2, rl_eval_every=1, rl_eval_n=4, jobs=2).items():
+                     rl_prompts=2, rl_group=2, rl_eval_every=1, rl_eval_n=4, jobs=2,
+                     competent=0.0).items():  # every task judged, so that every verdict path runs
         setattr(c, k, v)
     return c
 
@@ -119,7 +121,6 @@ def bootstrap_diff(a, b, reps=2000, seed=0):
     return float(d.mean()), float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))
 
 
-COMPETENT = 0.2  # a task enters a decoding claim only if some decoder solves this share of it
 MIN_SEEDS = 3  # an RL comparison needs this many seeds of both arms for a verdict
 T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262}
 
@@ -267,7 +268,7 @@ def stage_eval(c, device):
             if any(r["task"] == task_name and r["L"] == L for r in out):
                 continue
             grid = schedule_grid(L, c.quick)
-            if c.quick and task_name != "arithmetic":  # F4 reads the adaptive decoders on arithmetic only
+            if c.quick and task_name not in RL_TASKS:  # F4 reads the adaptive decoders on the RL tasks only
                 grid = [g for g in grid if g[0] not in ("threshold", "entropy bound")]
             for family, label, kw in tqdm(grid, desc=f"{task_name} L={L}"):
                 res = run_decoder(model, tok, task, examples, L, kw, device, c.batch_size)
@@ -338,8 +339,7 @@ def rl_arms(L):
             "just_grpo, top 25% entropy": dict(just, top_entropy=0.25)}
 
 
-RL_TASKS = {"arithmetic": list(rl_arms(128)), "sudoku": ["cj_grpo, ASS + EOSER rollout", "cj_grpo, semi-AR rollout",
-                                                          "diffu_grpo, semi-AR rollout"]}
+RL_TASKS = {"arithmetic": list(rl_arms(128)), "sudoku": list(rl_arms(128))}
 
 
 def rl_flags(c, task, arm, seed, out_dir):
@@ -436,8 +436,8 @@ def verdicts(ev, pk, rl, c):
         claims.append(dict(id=cid, paper=paper, measure=measure, number=number, verdict=v, detail=detail))
 
     best = {t: max(r["accuracy"] for r in rows if r["task"] == t and r["L"] == L) for t in ("sudoku", "countdown", "arithmetic")}
-    tasks = [t for t, a in best.items() if a >= COMPETENT]  # near the floor every decoder ties: no evidence either way
-    left_out = "; ".join(f"{t} left out (best decoder {100 * a:.1f}% < {100 * COMPETENT:.0f}%)" for t, a in best.items()
+    tasks = [t for t, a in best.items() if a >= c.competent]  # near the floor every decoder ties: no evidence either way
+    left_out = "; ".join(f"{t} left out (best decoder {100 * a:.1f}% < {100 * c.competent:.0f}%)" for t, a in best.items()
                          if t not in tasks)
     tail = lambda parts: "; ".join(parts + ([left_out] if left_out else []))
     judged = lambda vs: combine(vs) if vs else "not measured"
@@ -528,10 +528,16 @@ def combine(vs):
 
 
 def rl_claims(runs, ev, c, claim):
-    """C4, C5, F3, F4, F5 from the RL runs. A comparison uses the seeds both arms finished; with
+    """C4, C5, F3, F4, F5 from the RL runs, judged on the RL tasks where the model starts competent
+    (some decoder solves --competent of the task at the RL length; below that nearly every group has
+    one reward, so no algorithm gets a signal). A comparison uses the seeds both arms finished; with
     fewer than MIN_SEEDS of them the verdict is "not measured" (its numbers are still shown)."""
     L = c.rl_gen_length
     cj, semi, diffu, just, top = list(rl_arms(L))
+    start = {t: max(r["accuracy"] for r in ev["rows"] if r["task"] == t and r["L"] == L) for t in RL_TASKS}
+    tasks = [t for t in RL_TASKS if start[t] >= c.competent]
+    left_out = "".join(f"; {t} not judged (best decoder {100 * a:.1f}% < {100 * c.competent:.0f}% before RL)"
+                       for t, a in start.items() if t not in tasks)
 
     def result(task, arm, seed):
         return next((r for r in runs if r["task"] == task and r["arm"] == arm and r["seed"] == seed), None)
@@ -565,53 +571,64 @@ def rl_claims(runs, ev, c, claim):
                 f"(seeds {','.join(map(str, common))})")
 
     def agree(vs):
+        if not vs:
+            return "not measured (no RL task where the model starts competent)"
         return vs[0] if len(set(vs)) == 1 else next((v for v in vs if v.startswith("not measured")), "inconclusive")
 
     budget = f"{c.rl_steps} steps x {c.rl_prompts} prompts x G {c.rl_group} rollouts, lr {c.rl_lr}"
-    cmps = {t: compare(t, cj, diffu, "ASS + EOSER") for t in ("sudoku", "arithmetic")}
+    cmps = {t: compare(t, cj, diffu, "ASS + EOSER") for t in RL_TASKS}
     claim("C4", "CJ-GRPO beats the one-step diffu-GRPO at equal rollout budgets",
           f"test accuracy with ASS + EOSER decoding, cj_grpo (ASS + EOSER rollouts) minus diffu_grpo; {budget}; "
           "seed-paired t interval (verdict) and problems pooled over seeds (bootstrap)",
-          "; ".join(show(v, t) for t, v in cmps.items()), agree([judged(v) for v in cmps.values()]),
-          "sudoku and arithmetic must agree")
-    sud, ari = compare("sudoku", cj, semi, "own"), compare("arithmetic", semi, cj, "own")
-    v1, v2 = judged(sud), judged(ari)
+          "; ".join(show(v, t) for t, v in cmps.items()) + left_out, agree([judged(cmps[t]) for t in tasks]),
+          "the judged tasks must agree")
+    halves = {"sudoku": compare("sudoku", cj, semi, "own"), "arithmetic": compare("arithmetic", semi, cj, "own")}
+    vs = {t: judged(v) if t in tasks else "not measured (model not competent)" for t, v in halves.items()}
+    both = ("does not hold" if "does not hold" in vs.values() else "holds" if set(vs.values()) == {"holds"}
+            else agree(list(vs.values())))  # one half failing fails the claim
     claim("C5", "planning favours parallel decoding (CJ-GRPO + ASS + EOSER best on Sudoku), math favours sequential "
           "(CJ-GRPO + semi-AR best on math)", f"test accuracy, each run decoded as it was trained; {budget}",
-          show(sud, "sudoku, ASS+EOSER minus semi-AR") + "; " + show(ari, "arithmetic, semi-AR minus ASS+EOSER"),
-          agree([v1, v2]), f"sudoku {v1}, arithmetic {v2}")
-    others = {o: compare("arithmetic", just, o, "semi-AR block 32") for o in (cj, diffu)}
+          show(halves["sudoku"], "sudoku, ASS+EOSER minus semi-AR") + "; " +
+          show(halves["arithmetic"], "arithmetic, semi-AR minus ASS+EOSER"), both,
+          f"sudoku {vs['sudoku']}, arithmetic {vs['arithmetic']}; both halves must hold")
+    others = {(t, o): compare(t, just, o, "semi-AR block 32") for t in RL_TASKS for o in (cj, diffu)}
     claim("F3", "JustGRPO improves reasoning more than the trajectory (CJ-GRPO) and one-step (diffu-GRPO) methods at equal budgets",
-          f"arithmetic test accuracy, all decoded with semi-AR blocks of 32 at L/4 steps, just_grpo minus each; {budget}",
-          "; ".join(show(v, f"vs {o}") for o, v in others.items()), agree([judged(v) for v in others.values()]),
-          "both comparisons must agree")
-    done = [r for r in runs if r["task"] == "arithmetic" and r["arm"] == just]
-    if done:
-        parts, gains = [], []
+          f"test accuracy, all decoded with semi-AR blocks of 32 at L/4 steps, just_grpo minus each; {budget}",
+          "; ".join(show(v, f"{t} vs {o}") for (t, o), v in others.items()) + left_out,
+          agree([judged(v) for (t, _), v in others.items() if t in tasks]), "every judged comparison must agree")
+    parts, vs = [], []
+    for t in RL_TASKS:
+        done = [r for r in runs if r["task"] == t and r["arm"] == just]
+        if not done:
+            parts.append(f"{t}: no finished just_grpo run")
+            vs += ["not measured"] if t in tasks else []
+            continue
+        gains = []
         for _, label, _ in PARALLEL:
-            before = find(ev["rows"], task="arithmetic", L=L, schedule=label)
+            before = find(ev["rows"], task=t, L=L, schedule=label)
             by_seed = seed_interval([r["scores"][label]["accuracy"] - before["accuracy"] for r in done])
             tps = np.mean([r["scores"][label]["tokens_per_step"] for r in done])
             gains.append((tps, by_seed))
-            parts.append(f"{label}: {before['tokens_per_step']:.1f} -> {tps:.1f} tokens/step, {fmt_ci(*by_seed)}")
+            parts.append(f"{t} {label}: {before['tokens_per_step']:.1f} -> {tps:.1f} tokens/step, {fmt_ci(*by_seed)}")
         most = max(gains, key=lambda g: g[0])[1]
-        v = verdict(most[1], most[2]) if len(done) >= MIN_SEEDS else f"not measured ({len(done)} of {MIN_SEEDS} seeds)"
-        number = "; ".join(parts)
-    else:
-        v, number = "not measured", "no finished just_grpo run"
+        if t in tasks:
+            vs.append(verdict(most[1], most[2]) if len(done) >= MIN_SEEDS else f"not measured ({len(done)} of {MIN_SEEDS} seeds)")
     claim("F4", "JustGRPO keeps parallel decoding: the gain holds, even grows, with more tokens per step",
-          "arithmetic test accuracy after JustGRPO minus before (seed t interval), along threshold and "
-          "entropy-bounded decoders; verdict on the most parallel one", number, v, "")
-    f5 = compare("arithmetic", top, just, "own")
-    minutes = {a: [r["minutes"] for r in runs if r["task"] == "arithmetic" and r["arm"] == a] for a in (top, just)}
-    faster = all(minutes.values()) and np.mean(minutes[top]) < np.mean(minutes[just])
-    v = judged(f5, -0.03)
+          "test accuracy after JustGRPO minus before (seed t interval), along threshold and entropy-bounded "
+          "decoders; verdict on the most parallel one", "; ".join(parts) + left_out, agree(vs), "the judged tasks must agree")
+    parts, vs = [], []
+    for t in RL_TASKS:
+        f5 = compare(t, top, just, "own")
+        minutes = {a: [r["minutes"] for r in runs if r["task"] == t and r["arm"] == a] for a in (top, just)}
+        faster = all(minutes.values()) and np.mean(minutes[top]) < np.mean(minutes[just])
+        parts.append(show(f5, f"{t}, top 25% minus all") + (f", {np.mean(minutes[top]):.1f} vs {np.mean(minutes[just]):.1f} "
+                                                              "minutes per run" if all(minutes.values()) else ""))
+        v = judged(f5, -0.03)
+        if t in tasks:
+            vs.append(v if v.startswith("not measured") or faster or v != "holds" else "does not hold")
     claim("F5", "training only the top 25% highest-entropy positions converges as well and faster",
-          "arithmetic test accuracy (AR decoding) top-25% minus all positions, seed t interval; holds if the "
-          "interval is above -3 pts (as well) and the run is faster",
-          show(f5, "top 25% minus all") + (f"; {np.mean(minutes[top]):.1f} vs {np.mean(minutes[just]):.1f} minutes per run"
-                                            if all(minutes.values()) else ""),
-          v if v.startswith("not measured") or faster or v != "holds" else "does not hold", "")
+          "test accuracy (AR decoding) top-25% minus all positions, seed t interval; holds if the interval is "
+          "above -3 pts (as well) and the run is faster", "; ".join(parts) + left_out, agree(vs), "the judged tasks must agree")
 
 # -----------------------------------------------------------------------------
 # report
@@ -631,7 +648,7 @@ def write_report(c, st, claims, times):
     lines += ["", "Verdict rule: a difference holds when its 95% interval lies on the claimed side (of the stated "
               "margin), does not hold when it lies on the other side, and is inconclusive otherwise. "
               f"Claims over several tasks take the majority of the tasks where some decoder reaches "
-              f"{100 * COMPETENT:.0f}% (below that every decoder ties near zero). An RL comparison needs {MIN_SEEDS} "
+              f"{100 * c.competent:.0f}% (below that every decoder ties near zero). An RL comparison needs {MIN_SEEDS} "
               "seeds of both arms, else it is not measured."]
     if st.get("rl", {}).get("partial"):
         lines.append(f"The rl stage did not finish: {len(st['rl']['runs'])} runs of "
