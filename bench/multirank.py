@@ -396,10 +396,10 @@ def main():
                 result[name] = part(a, work)
                 result[f"{name}_wall_s"] = time.time() - t
                 print(f"part {name}: {time.time() - t:.0f} s", flush=True)
+                with open(a.out, "w") as f:  # after each part: a run cut short keeps the parts it finished
+                    json.dump(result, f, indent=1)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    with open(a.out, "w") as f:
-        json.dump(result, f, indent=1)
     print_table(result)
 
 
