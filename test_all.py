@@ -1681,6 +1681,15 @@ assert not dist.is_initialized() or all(hasattr(p, "to_local") for p in model.pa
 RL.train_on_rollout(model, None, opt, mine, T.rl_config(algo="cj_grpo", micro_batch=2, num_iterations=1), world)
 from torch.distributed.checkpoint.state_dict import get_model_state_dict, StateDictOptions
 state = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+from train_common import gathered, whole  # the checkpoint's own gather equals torch's
+ours = gathered(get_model_state_dict(model), rank)
+assert rank != 0 or (ours.keys() == state.keys() and all(torch.equal(ours[k], state[k]) for k in state))
+if dist.is_initialized():
+    from torch.distributed.tensor import Shard, distribute_tensor, init_device_mesh
+    mesh = init_device_mesh("cpu", (world,))
+    for rows in (5, 1):  # shards of unequal rows, and a rank that holds none
+        t = torch.arange(rows * 3.0).view(rows, 3)
+        assert torch.equal(whole(distribute_tensor(t, mesh, [Shard(0)])), t)
 if rank == 0:
     torch.save(state, {out!r} + f"/w{{world if dist.is_initialized() else 0}}.pt")
 if dist.is_initialized():

@@ -24,6 +24,7 @@ import torch.distributed as dist
 from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict, get_optimizer_state_dict,
                                                      set_model_state_dict, set_optimizer_state_dict)
 from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+from torch.distributed.tensor import DTensor, Shard, distribute_tensor
 
 from lora import merge_lora
 from model import recover_checkpoint, save_checkpoint
@@ -221,19 +222,58 @@ def run_folder(out_dir, resume, overwrite, rank):
             lock.close()
 
 
+def whole(t):
+    """All of a tensor that FSDP2 shards by rows, on the CPU (a collective: every rank calls it).
+    Our own gather rather than torch's full state dict: gloo crashes gathering CUDA tensors into
+    one buffer (pytorch#152645), so under gloo the shards travel through the CPU; each is padded to
+    one size, as the gather needs equal pieces and gloo fails on empty ones."""
+    if not isinstance(t, DTensor):
+        return t.detach().cpu()
+    if tuple(t.placements) != (Shard(0),):
+        raise ValueError(f"a tensor sharded as {t.placements}: expected FSDP2's Shard(0) on one mesh dimension")
+    local, world = t.to_local().detach(), t.device_mesh.size()
+    on = "cpu" if dist.get_backend() == "gloo" else local.device
+    piece = torch.zeros((-(-t.shape[0] // world), *t.shape[1:]), dtype=local.dtype, device=on)
+    piece[:len(local)] = local
+    pieces = [torch.empty_like(piece) for _ in range(world)]
+    dist.all_gather(pieces, piece, group=t.device_mesh.get_group())
+    return torch.cat(pieces)[:t.shape[0]].cpu()
+
+
+def gathered(state, rank):
+    """A model or optimizer state dict (nested dicts of tensors) whole on rank 0's CPU, {} on the
+    other ranks (they take part in the gathers but keep nothing: 8 copies of an 8B state would not fit)."""
+    def walk(x):
+        if isinstance(x, dict):
+            return {k: walk(v) for k, v in x.items()}
+        if torch.is_tensor(x):
+            full = whole(x)
+            return full if rank == 0 else None
+        return x
+    out = walk(state)
+    return out if rank == 0 else {}
+
+
+def sharded_like(full, like):
+    """A whole tensor cut as `like` is (an FSDP2 parameter, or a plain one): each rank keeps its own
+    rows of the copy it read from disk, so no collective runs (src_data_rank None)."""
+    if isinstance(like, DTensor):
+        return distribute_tensor(full.to(like.device), like.device_mesh, like.placements, src_data_rank=None)
+    return full.to(like.device)
+
+
 def save_training_checkpoint(out_dir, model, optimizer, step, cfg, rank, keep_copy=False):
     """out_dir/latest: the model in the LLaDA layout plus train_state.pt (optimizer, step,
     config), gathered from all ranks and written by rank 0, complete or not at all. Weights with a
     non-finite value are never written: the run stops and the last good checkpoint stays. With
     LoRA the model files hold the merged weights and train_state.pt the adapters (--resume reads
     those on top of --init)."""
-    opts = StateDictOptions(full_state_dict=True, cpu_offload=True)
-    state = get_model_state_dict(model, options=opts)
+    state = gathered(get_model_state_dict(model), rank)
     bad = broadcast(next((k for k, t in state.items() if not torch.isfinite(t).all()), "") if rank == 0 else "")
     if bad:
         raise SystemExit(f"step {step}: the weights hold non-finite values ({bad}); not saved, "
                          f"{Path(out_dir) / 'latest'} keeps the last good checkpoint (if any); try a lower --lr")
-    train_state = {"optimizer": get_optimizer_state_dict(model, optimizer, options=opts), "step": step, "config": asdict(cfg)}
+    train_state = {"optimizer": gathered(get_optimizer_state_dict(model, optimizer), rank), "step": step, "config": asdict(cfg)}
     if getattr(cfg, "lora_rank", 0):
         state, train_state["lora"] = merge_lora(state, cfg.lora_alpha / cfg.lora_rank)
     error = ""
@@ -279,9 +319,13 @@ def load_training_state(state, model, optimizer):
         rank = lambda shapes: next((s[0] for k, s in shapes.items() if k.endswith(".lora_A")), 0)
         raise ValueError(f"--resume: the saved LoRA adapters ({len(saved)} tensors, rank {rank(saved)}) do not match this "
                          f"run's ({len(mine)}, rank {rank(mine)}): resume with the --lora_rank and --lora_targets it was started with")
+    like = get_model_state_dict(model)  # name -> this rank's shard (FSDP2) or the tensor itself
     if saved:
-        set_model_state_dict(model, state["lora"], options=StateDictOptions(full_state_dict=True, strict=False))
-    set_optimizer_state_dict(model, optimizer, state["optimizer"], options=StateDictOptions(full_state_dict=True))
+        set_model_state_dict(model, {k: sharded_like(v, like[k]) for k, v in state["lora"].items()},
+                             options=StateDictOptions(strict=False))
+    optim = state["optimizer"]
+    moments = {k: {n: sharded_like(v, like[k]) if v.dim() else v for n, v in s.items()} for k, s in optim["state"].items()}
+    set_optimizer_state_dict(model, optimizer, {**optim, "state": moments})
     return state["step"]
 
 

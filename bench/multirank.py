@@ -38,13 +38,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywher
 
 import torch
 import torch.distributed as dist
-from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+from torch.distributed.checkpoint.state_dict import get_model_state_dict
 
 import train_common
 import train_rl as RL
 from model import LLaDA, LLaDAConfig, byte_tokenizer_config
 from sample import generate
-from train_common import (back_to_training, load_training_state, name_the_failed_rank, prepare_model,
+from train_common import (back_to_training, gathered, load_training_state, name_the_failed_rank, prepare_model,
                           read_training_state, save_training_checkpoint, setup_distributed)
 
 REPO = Path(__file__).resolve().parents[1]
@@ -52,8 +52,8 @@ ALGOS = ["cj_grpo", "just_grpo", "diffu_grpo"]
 
 
 def full_state(model):
-    """The whole model on the CPU, gathered from the ranks (every rank must call it)."""
-    return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    """The whole model on rank 0's CPU, gathered from the ranks ({} elsewhere; every rank must call it)."""
+    return gathered(get_model_state_dict(model), dist.get_rank() if dist.is_initialized() else 0)
 
 
 def gather_rows(t):
