@@ -188,10 +188,14 @@ def worker_width(a):
     probe = torch.randint(0, 256, (2, 48), generator=torch.Generator().manual_seed(7)).to(device)
     for step in range(start, a.steps):
         RL.train_on_rollout(model, None, opt, width_batch(step, rank, device, model.config.vocab_size), cfg, world)
+        if rank == 0:
+            print(f"width: step {step + 1} done, {time.time() - t:.0f} s", flush=True)
         if step + 1 == a.save_at and not a.resume:
             t = time.time()
             save_training_checkpoint(out, model, opt, step + 1, cfg, rank)
             timing["save_s"] = time.time() - t
+            if rank == 0:
+                print(f"width: saved in {timing['save_s']:.0f} s", flush=True)
             with torch.no_grad():
                 logits = model(probe, logits_slice=slice(40, 48)).float().cpu()
             back_to_training(model)
