@@ -1657,8 +1657,9 @@ def test_rl_resume_reaches_the_same_weights(tmp_path):
     for k in a:
         assert torch.equal(a[k], b[k]), k
     rows = [json.loads(line) for line in (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()]
-    assert [r["step"] for r in rows] == [1, 2, 3] and "logged_before_the_kill" not in rows[2]
-    assert min(r["zero_spread"] for r in rows) < 1
+    assert [r["step"] for r in rows] == [0, 1, 2, 3] and "logged_before_the_kill" not in rows[3]
+    assert set(rows[0]) == {"step", "eval_acc", "eval_reward"}  # the held-out curve starts before training
+    assert min(r["zero_spread"] for r in rows[1:]) < 1
 
 
 FSDP_SCRIPT = r"""
@@ -2105,7 +2106,7 @@ def test_resume_finds_the_checkpoint_of_a_save_killed_between_the_renames(tmp_pa
     (run / "latest").rename(run / ".latest.old-4242")
     rl_main(rl_args(tmp_path, "--steps", "3", "--resume"))
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-    assert [r["step"] for r in rows] == [1, 2, 3]
+    assert [r["step"] for r in rows] == [0, 1, 2, 3]
     assert sorted(p.name for p in run.iterdir() if p.name.startswith(".latest")) == []
 
 
@@ -2124,7 +2125,7 @@ def test_a_folder_holding_a_run_is_refused_without_resume_or_overwrite(tmp_path,
     with pytest.raises(SystemExit, match="already at step 2 of 2"):
         rl_main(rl_args(tmp_path, "--resume"))
     rl_main(rl_args(tmp_path, "--steps", "1", "--overwrite"))
-    assert [json.loads(line)["step"] for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()] == [1]
+    assert [json.loads(line)["step"] for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()] == [0, 1]
     sft = SFT_SMALL + ["--out_dir", str(tmp_path / "sft"), "--max_steps", "1", "--eval_n", "1"]
     SFT.main(SFT.config_from_args(SFT.SFTConfig, sft))
     with pytest.raises(SystemExit, match="holds a run: give --resume"):

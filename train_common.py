@@ -340,7 +340,9 @@ class MetricsLog:
 
     def __init__(self, out_dir, rank, resumed_step=0):
         self.path = Path(out_dir) / "metrics.jsonl" if rank == 0 else None
-        if self.path and self.path.exists():
+        if self.path and not resumed_step:  # a new run (--overwrite) starts an empty log
+            self.path.unlink(missing_ok=True)
+        elif self.path and self.path.exists():
             lines, rows = self.path.read_text(errors="replace").splitlines(), []
             for i, line in enumerate(lines, 1):
                 try:

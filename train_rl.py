@@ -504,6 +504,7 @@ def train(cfg, out, rank, world, device):
         before = evaluate(model, tok, task, held_out, cfg, decode_kwargs(cfg, cfg.algo), device, rank, world)
         if rank == 0:
             tqdm.write(f"before training: held-out accuracy {before[0]:.3f}, reward {before[1]:.3f}")
+        log.write(step=0, eval_acc=before[0], eval_reward=before[1])  # the curves start where training starts
     pbar = tqdm(range(step, cfg.steps), initial=step, total=cfg.steps, disable=rank != 0)
     eval_acc, no_update, first_reward = None, 0, None
     for step in pbar:
