@@ -778,17 +778,19 @@ def make_plots(c, st):
             ax.legend(fontsize=7)
         save(fig, "claims_rl_curves.png")
         if "eval" in st:
-            fig, ax = plt.subplots(figsize=(6, 4))
-            before = [(r["tokens_per_step"], r["accuracy"]) for r in st["eval"]["rows"]
-                      if r["task"] == "arithmetic" and r["L"] == c.rl_gen_length and r["family"] in ("threshold", "entropy bound")]
-            just = [r for r in runs if r["arm"] == "just_grpo, AR rollout"]
-            after = [] if not just else [(np.mean([r["scores"][lab]["tokens_per_step"] for r in just]), np.mean([r["scores"][lab]["accuracy"] for r in just]))
-                     for _, lab, _ in PARALLEL]
-            ax.plot(*zip(*sorted(before)), "o-", label="SFT model")
-            if after:
-                ax.plot(*zip(*sorted(after)), "s-", label="after JustGRPO (mean of seeds)")
-            ax.set(title="arithmetic: accuracy vs parallelism", xlabel="tokens per step", ylabel="test accuracy")
-            ax.legend()
+            fig, axes = plt.subplots(1, len(RL_TASKS), figsize=(6 * len(RL_TASKS), 4), squeeze=False)
+            for ax, task in zip(axes[0], RL_TASKS):
+                before = [(r["tokens_per_step"], r["accuracy"]) for r in st["eval"]["rows"] if r["task"] == task and
+                          r["L"] == c.rl_gen_length and r["family"] in ("threshold", "entropy bound")]
+                just = [r for r in runs if r["task"] == task and r["arm"] == "just_grpo, AR rollout"]
+                after = [(np.mean([r["scores"][lab]["tokens_per_step"] for r in just]),
+                          np.mean([r["scores"][lab]["accuracy"] for r in just])) for _, lab, _ in PARALLEL] if just else []
+                ax.plot(*zip(*sorted(before)), "o-", label="SFT model")
+                if after:
+                    ax.plot(*zip(*sorted(after)), "s-", label=f"after JustGRPO (mean of {len(just)} seeds)")
+                ax.set(title=f"{task}: accuracy vs parallelism (threshold, entropy bound)", xlabel="tokens per step",
+                       ylabel="test accuracy")
+                ax.legend()
             save(fig, "claims_parallel.png")
     return made
 
