@@ -83,7 +83,7 @@ class ClaimsConfig:
     rl_eval_every: int = 10           # validation accuracy during training (the curves)
     rl_eval_n: int = 256
     rl_n_test: int = 500              # test problems each RL run is scored on
-    jobs: int = 24                    # RL runs at a time (processes sharing the GPU)
+    jobs: int = 8                     # RL runs at a time sharing the GPU (16 at once ran out of an H100's memory)
     competent: float = 0.2            # a task enters a claim only if some decoder solves this share of it
 
 
