@@ -386,6 +386,7 @@ def main():
         worker = dict(same=worker_same, width=worker_width, plain_logits=worker_plain_logits, fail=worker_fail)[a.worker]
         worker(a)
         if dist.is_initialized():
+            dist.barrier()  # no rank closes its connections while another still writes its result
             dist.destroy_process_group()
         return
     parts = a.parts.split(",")
