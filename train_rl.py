@@ -356,7 +356,8 @@ def rollout(model, tok, task, examples, cfg, device):
 
 
 def all_ranks(t):
-    """A 1-D tensor from every rank, concatenated (rank 0 logs statistics of the whole batch)."""
+    """A tensor from every rank, concatenated along its first dimension in rank order (rank 0 logs
+    statistics of the whole batch)."""
     if not dist.is_initialized():
         return t
     parts = [torch.empty_like(t) for _ in range(dist.get_world_size())]

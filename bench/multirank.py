@@ -56,14 +56,6 @@ def full_state(model):
     return gathered(get_model_state_dict(model), dist.get_rank() if dist.is_initialized() else 0)
 
 
-def gather_rows(t):
-    """This rank's rows of a batch -> the whole batch, in rank order."""
-    if not dist.is_initialized():
-        return t
-    parts = [torch.empty_like(t) for _ in range(dist.get_world_size())]
-    dist.all_gather(parts, t.contiguous())
-    return torch.cat(parts)
-
 # -----------------------------------------------------------------------------
 # workers (run under torchrun, or as one plain process)
 
@@ -136,7 +128,7 @@ def same_training(a, rank, world, device):
                     batch["old_logp"] = torch.stack([RL.diffu_grpo_logp(model, batch, j, cfg) for j in range(cfg.num_iterations)], 1)
                 back_to_training(model)
             RL.train_on_rollout(model, None, opt, batch, cfg, world)
-            rollouts.append(gather_rows(x).cpu())
+            rollouts.append(RL.all_ranks(x).cpu())  # every rank's rows, in rank order
         result[algo] = dict(init=init, state=full_state(model), rollouts=rollouts)
     return result
 
