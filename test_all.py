@@ -2015,6 +2015,16 @@ def test_sft_resume_continues_with_the_same_step_and_weights(tmp_path):
     assert steps == [1, 2, 3, 4]
 
 
+
+def test_sft_cooldown_decays_the_logged_lr_linearly_to_zero(tmp_path):
+    """--cooldown 0.5 of 8 steps: constant for steps 1-4, then 4/4, 3/4, 2/4, 1/4 of the peak."""
+    SFT.main(SFT.config_from_args(SFT.SFTConfig, SFT_SMALL + ["--out_dir", str(tmp_path), "--max_steps", "8",
+                                                              "--warmup", "2", "--lr", "1e-3", "--cooldown", "0.5"]))
+    lrs = [json.loads(line)["lr"] for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert lrs == pytest.approx([5e-4, 1e-3, 1e-3, 1e-3, 1e-3, 7.5e-4, 5e-4, 2.5e-4])
+    with pytest.raises(ValueError, match="--cooldown 1.0"):
+        SFT.check_config(SFT.config_from_args(SFT.SFTConfig, ["--cooldown", "1.0"]))
+
 # ---- held-out evaluation on the validation split ----
 
 class Stop(Exception):

@@ -329,8 +329,12 @@ def load_training_state(state, model, optimizer):
     return state["step"]
 
 
-def lr_at(step, lr, warmup):
-    return lr * min(1.0, (step + 1) / max(1, warmup))
+def lr_at(step, lr, warmup, max_steps=0, cooldown=0.0):
+    """Linear warm-up, constant, then (cooldown > 0) a linear decay to zero over that share of
+    max_steps: the warmup-stable-decay schedule, whose last steps settle the weights."""
+    decay_start = max_steps * (1 - cooldown)
+    tail = 1.0 if cooldown <= 0 or step < decay_start else (max_steps - step) / (max_steps - decay_start)
+    return lr * min(1.0, (step + 1) / max(1, warmup)) * tail
 
 
 class MetricsLog:

@@ -47,6 +47,7 @@ class SFTConfig:
     batch_size: int = 128             # sequences per optimizer step, over all ranks
     lr: float = 1e-3                  # peak learning rate (after warm-up, constant)
     warmup: int = 100                 # steps of linear lr warm-up
+    cooldown: float = 0.0             # final share of --max_steps over which lr decays linearly to 0 (0 = none)
     max_steps: int = 3000             # optimizer steps
     adam_beta1: float = 0.9           # AdamW beta1
     adam_beta2: float = 0.95          # AdamW beta2
@@ -144,6 +145,8 @@ def check_config(cfg):
     for flag in ("max_steps", "batch_size", "eval_n", "eval_every", "save_every", "max_skipped"):
         if getattr(cfg, flag) < 1:
             raise ValueError(f"--{flag} {getattr(cfg, flag)}: expected at least 1")
+    if not 0 <= cfg.cooldown < 1:
+        raise ValueError(f"--cooldown {cfg.cooldown}: expected a share of the steps in [0, 1)")
     if cfg.resume and cfg.overwrite:
         raise ValueError("--resume and --overwrite: give one (continue the run, or start over in its folder)")
 
@@ -187,8 +190,9 @@ def train(cfg, out, rank, world, device):
         g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step * world + rank)
         idx = torch.randint(len(rows), (per_rank,), generator=g)
         t, masked = draw_masks(per_rank, cfg.gen_length, cfg.eps, g)
+        lr = lr_at(step, cfg.lr, cfg.warmup, cfg.max_steps, cfg.cooldown)
         for group in optimizer.param_groups:
-            group["lr"] = lr_at(step, cfg.lr, cfg.warmup)
+            group["lr"] = lr
         t0 = time.time()
         with autocast(device):
             loss = sft_loss(model, prompts[idx].to(device), prompt_mask[idx].to(device), responses[idx].to(device),
@@ -199,7 +203,7 @@ def train(cfg, out, rank, world, device):
         if torch.isfinite(grad_norm):
             optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        row = dict(step=step + 1, loss=loss.item(), grad_norm=grad_norm.item(), lr=lr_at(step, cfg.lr, cfg.warmup),
+        row = dict(step=step + 1, loss=loss.item(), grad_norm=grad_norm.item(), lr=lr,
                    step_time=time.time() - t0, skipped=not torch.isfinite(grad_norm).item())
         if (step + 1) % cfg.eval_every == 0 or step + 1 == cfg.max_steps:
             accs = evaluate(model, tok, *held_out[:3], cfg.gen_length, device)

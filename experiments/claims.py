@@ -61,13 +61,15 @@ class ClaimsConfig:
     n_test: int = 1000                # test problems per task (evaluation claims and RL scores)
     batch_size: int = 1000            # problems per generate() call
     # the testbed model (train_sft.py)
-    sft_steps: int = 2000
+    sft_steps: int = 4000
     sft_batch: int = 256
     sft_lr: float = 6e-4
-    d_model: int = 384                # ~14M parameters, 29 MB in bf16
+    sft_cooldown: float = 0.3         # the last 30% of the steps decay the lr to zero
+    sft_n_train: int = 100000         # generated training problems per task
+    d_model: int = 448                # ~20M parameters, 39 MB in bf16
     n_layers: int = 8
-    n_heads: int = 6
-    mlp_hidden_size: int = 1024
+    n_heads: int = 7
+    mlp_hidden_size: int = 1216
     window: int = 256                 # SFT response window: covers every L evaluated
     # pass@k (F1, F2)
     passk_task: str = "arithmetic"
@@ -75,16 +77,17 @@ class ClaimsConfig:
     passk_samples: int = 64           # n samples per problem; pass@k for k = 1, 2, 4, ..., n
     # RL (C4, C5, F3, F4, F5)
     seeds: str = "0,1,2"
-    rl_steps: int = 20                # optimizer steps per run: 20 x 16 prompts x G 6 = 1920 rollouts
+    rl_steps: int = 16                # optimizer steps per run: 16 x 16 prompts x G 6 = 1536 rollouts
     rl_prompts: int = 16
     rl_group: int = 6
     rl_lr: float = 5e-5               # one learning rate for every algorithm (not tuned: see the report)
     rl_gen_length: int = 128
-    rl_eval_every: int = 10           # validation accuracy during training (the curves)
+    rl_eval_every: int = 8            # validation accuracy during training (the curves)
     rl_eval_n: int = 256
     rl_n_test: int = 500              # test problems each RL run is scored on
     jobs: int = 8                     # RL runs at a time sharing the GPU (16 at once ran out of an H100's memory)
     competent: float = 0.2            # a task enters a claim only if some decoder solves this share of it
+    rl_beside: bool = False           # (set by the command itself) this rl stage runs beside eval and passk
 
 
 def quick_overrides(c):
@@ -92,7 +95,7 @@ def quick_overrides(c):
     if c.work_dir == ClaimsConfig.work_dir:
         c.work_dir += "-quick"
     for k, v in dict(model=f"{c.work_dir}/testbed", results_dir=f"{c.work_dir}/results", device="cpu", n_test=8,
-                     batch_size=8, sft_steps=12, sft_batch=8, sft_lr=1e-3, d_model=32, n_layers=2, n_heads=2,
+                     batch_size=8, sft_steps=12, sft_batch=8, sft_lr=1e-3, sft_n_train=200, d_model=32, n_layers=2, n_heads=2,
                      mlp_hidden_size=64, window=128, passk_problems=4, passk_samples=4, seeds="0", rl_steps=2, rl_n_test=8,
                      rl_gen_length=64,
                      rl_prompts=2, rl_group=2, rl_eval_every=1, rl_eval_n=4, jobs=2,
@@ -239,8 +242,9 @@ def stage_sft(c, device):
            "--gen_length", str(c.window), "--d_model", str(c.d_model), "--n_layers", str(c.n_layers),
            "--n_heads", str(c.n_heads), "--mlp_hidden_size", str(c.mlp_hidden_size), "--max_sequence_length", "1024",
            "--batch_size", str(c.sft_batch), "--max_steps", str(c.sft_steps), "--lr", str(c.sft_lr),
+           "--cooldown", str(c.sft_cooldown),
            "--eval_every", str(every), "--save_every", str(every), "--keep_every_save", "--device", device.type,
-           "--n_train", "20000" if not c.quick else "200", "--eval_n", "256" if not c.quick else "8"]
+           "--n_train", str(c.sft_n_train), "--eval_n", "256" if not c.quick else "8"]
     if device.type == "cuda":
         cmd.append("--compile")
     t0 = time.time()
@@ -637,7 +641,8 @@ def rl_claims(runs, ev, c, claim):
 def write_report(c, st, claims, times):
     res = Path(c.results_dir)
     res.mkdir(parents=True, exist_ok=True)
-    ran = ", ".join(f"{k} {v['minutes']:.1f} min" for k, v in times.items())
+    ran = ", ".join(f"{k} {v['minutes']:.1f} min" for k, v in times.items()) + (
+        " (rl beside eval and passk, sharing the GPU)" if any(v.get("beside_rl") for v in times.values()) else "")
     devices = " / ".join(sorted({v["device"] for v in times.values()})) or "(no stage ran)"
     lines = ["# The papers' claims at small scale", "",
              f"`python experiments/claims.py{' --quick' if c.quick else ''}` on {devices}; stages: {ran}. "
@@ -824,12 +829,15 @@ def main(argv=None):
     unknown = [s for s in stages if s not in (*STAGES, "report")]
     if unknown:
         raise SystemExit(f"--stages: unknown {unknown}; expected a comma list of {', '.join([*STAGES, 'report'])}")
-    st, times = {}, {}
-    timing = work / "minutes.json"
-    if timing.is_file():
-        times = json.loads(timing.read_text())
+    st, timing, rl_beside = {}, work / "minutes.json", None
     for name, fn in STAGES.items():
         path = work / f"{name}.json"
+        if name == "eval" and "rl" in stages and not (work / "rl.json").is_file() and device.type == "cuda" and (
+                {"eval", "passk"} & set(stages)):
+            # the RL runs start beside the evaluation: small models leave most of the GPU idle
+            rl_beside = subprocess.Popen([sys.executable, __file__, "--stages=rl", "--rl_beside=true",
+                                          *[a for a in argv if not a.startswith("--stages")]])
+            stages.remove("rl")
         if name in stages and not path.is_file():
             t0 = time.time()
             print(f"== stage {name}", flush=True)
@@ -837,11 +845,18 @@ def main(argv=None):
             tmp = path.with_suffix(".tmp")
             tmp.write_text(json.dumps(result))
             os.replace(tmp, path)
-            times[name] = dict(minutes=(time.time() - t0) / 60, device=device_name)
-            timing.write_text(json.dumps(times))
-            print(f"== stage {name}: {times[name]['minutes']:.1f} minutes", flush=True)
+            minutes = (time.time() - t0) / 60
+            times = json.loads(timing.read_text()) if timing.is_file() else {}  # read again: a stage beside may have written
+            times[name] = dict(minutes=minutes, device=device_name, beside_rl=bool(rl_beside) or c.rl_beside)
+            tmp = timing.with_suffix(".tmp")
+            tmp.write_text(json.dumps(times))
+            os.replace(tmp, timing)
+            print(f"== stage {name}: {minutes:.1f} minutes", flush=True)
+        if name == "rl" and rl_beside is not None and rl_beside.wait():
+            raise SystemExit(f"the rl stage failed (exit {rl_beside.returncode}; its output is above)")
         if path.is_file():
             st[name] = json.loads(path.read_text())
+    times = json.loads(timing.read_text()) if timing.is_file() else {}
     finished = sorted((work / "rl").glob("*/result.json"))
     if "rl" not in st and finished:  # an rl stage cut short: report the runs it finished
         st["rl"] = dict(runs=[json.loads(f.read_text()) for f in finished], partial=True)
