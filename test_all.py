@@ -2350,6 +2350,56 @@ def test_claims_statistics():
     assert C.combine(["holds", "does not hold", "inconclusive"]) == "inconclusive"
 
 
+def test_claims_verdict_must_survive_a_rerun_with_other_seeds(monkeypatch):
+    """Six seeds: each half is judged again; a verdict either half does not repeat becomes inconclusive."""
+    C = claims_module()
+    runs = [dict(seed=s) for s in range(6)]
+    by_half = {(0, 1, 2): dict(C4="holds", F5="holds"), (3, 4, 5): dict(C4="inconclusive", F5="holds")}
+
+    def fake_rl_claims(runs, ev, c, claim):
+        for cid, v in by_half[tuple(sorted(r["seed"] for r in runs))].items():
+            claim(cid, "paper", "measure", "number", v, "detail")
+
+    monkeypatch.setattr(C, "rl_claims", fake_rl_claims)
+    claims = [dict(id="C4", verdict="holds"), dict(id="F5", verdict="holds"), dict(id="C1", verdict="holds")]
+    C.rerun_check(runs, None, C.ClaimsConfig(), claims)
+    assert [c["verdict"] for c in claims] == ["inconclusive", "holds", "holds"]
+    assert claims[0]["all_seeds"] == "holds" and claims[0]["rerun"] == {"0,1,2": "holds", "3,4,5": "inconclusive"}
+    assert "rerun" not in claims[2]  # an evaluation claim has no seeds
+    few = [dict(id="C4", verdict="holds")]
+    C.rerun_check(runs[:5], None, C.ClaimsConfig(), few)  # fewer than 2 x 3 seeds: no halves to judge
+    assert few == [dict(id="C4", verdict="holds")]
+
+
+def test_claims_rl_stage_trains_only_on_tasks_the_model_can_do(tmp_path, monkeypatch):
+    """Below --competent every group has one reward: the rl stage starts no run for that task."""
+    C = claims_module()
+    rows = [dict(task="sudoku", L=128, accuracy=0.5), dict(task="arithmetic", L=128, accuracy=0.05)]
+    (tmp_path / "eval.json").write_text(json.dumps(dict(rows=rows)))
+    started = []
+
+    class FakeRun:
+        def __init__(self, argv, **kw):
+            spec = json.loads(next(a for a in argv if a.startswith("--rl_job="))[len("--rl_job="):])
+            started.append(spec["task"])
+            out = tmp_path / "rl" / spec["out_dir"].rsplit("/", 1)[1]
+            out.mkdir()
+            (out / "result.json").write_text(json.dumps(spec))
+
+        def poll(self):
+            return 0
+        returncode = 0
+
+    monkeypatch.setattr(C.subprocess, "Popen", FakeRun)
+    c = C.ClaimsConfig(work_dir=str(tmp_path), seeds="0,1")
+    out = C.stage_rl(c, torch.device("cpu"))
+    assert set(started) == {"sudoku"} and len(started) == 2 * len(C.RL_TASKS["sudoku"])
+    assert len(out["runs"]) == len(started)
+    (tmp_path / "eval.json").unlink()
+    with pytest.raises(SystemExit, match="eval.json is missing"):
+        C.stage_rl(c, torch.device("cpu"))
+
+
 def test_claims_schedule_grid_is_valid():
     """Every decoder of the grid runs under generate()'s own checks (whole steps per semi-AR block)."""
     C = claims_module()

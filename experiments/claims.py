@@ -551,8 +551,8 @@ def rerun_check(runs, ev, c, claims):
         if cl["id"] not in again[0]:
             continue
         cl["rerun"] = {",".join(map(str, h)): g[cl["id"]] for h, g in zip(halves, again)}
+        cl["all_seeds"] = cl["verdict"]
         if cl["verdict"] in ("holds", "does not hold") and any(v != cl["verdict"] for v in cl["rerun"].values()):
-            cl["detail"] += f"; all seeds: {cl['verdict']}, not repeated by both halves"
             cl["verdict"] = "inconclusive"
 
 
@@ -674,14 +674,15 @@ def rl_claims(runs, ev, c, claim):
 def write_report(c, st, claims, times):
     res = Path(c.results_dir)
     res.mkdir(parents=True, exist_ok=True)
-    ran = ", ".join(f"{k} {v['minutes']:.1f} min" for k, v in times.items())
+    ran = ", ".join(f"{k} {v['minutes']:.1f} min" + (f" ({v['note']})" if v.get("note") else "") for k, v in times.items())
     devices = " / ".join(sorted({v["device"] for v in times.values()})) or "(no stage ran)"
     lines = ["# The papers' claims at small scale", "",
              f"`python experiments/claims.py{' --quick' if c.quick else ''}` on {devices}; stages: {ran}. "
              f"Testbed: {describe_model(c)}. Test problems: {c.n_test} per task.", "",
              "| claim | what the paper reports | our measure | our number [95% interval] | verdict |", "|---|---|---|---|---|"]
     for cl in claims:
-        rerun = "; ".join(f"seeds {k}: {v}" for k, v in cl.get("rerun", {}).items())
+        rerun = "; ".join(([f"all seeds: {cl['all_seeds']}"] if "all_seeds" in cl else []) +
+                          [f"seeds {k}: {v}" for k, v in cl.get("rerun", {}).items()])
         lines.append(f"| {cl['id']} | {cl['paper']} | {cl['measure']} | {cl['number']} | **{cl['verdict']}**"
                      f"{f' ({rerun})' if rerun else ''} |")
     lines += ["", "Verdict rule: a difference holds when its 95% interval lies on the claimed side (of the stated "
