@@ -2016,6 +2016,25 @@ def test_sft_resume_continues_with_the_same_step_and_weights(tmp_path):
 
 
 
+def test_sft_task_weights_set_each_tasks_share_of_the_batches(tmp_path, monkeypatch):
+    seen, real = [], SFT.sft_loss
+
+    def spy(model, prompts, *rest):
+        seen.extend("Sudoku" in bytes(t for t in row.tolist() if t < 256).decode() for row in prompts)
+        return real(model, prompts, *rest)
+
+    monkeypatch.setattr(SFT, "sft_loss", spy)
+    for weights, sudoku_share in (("0,1", 0.0), ("1,0", 1.0), ("3,1", 0.75)):
+        seen.clear()
+        SFT.main(SFT.config_from_args(SFT.SFTConfig, SFT_SMALL + [
+            "--out_dir", str(tmp_path / weights), "--tasks", "sudoku,countdown", "--task_weights", weights,
+            "--max_steps", "25", "--save_every", "25", "--eval_every", "25", "--n_layers", "1"]))
+        assert sum(seen) / len(seen) == pytest.approx(sudoku_share, abs=0.1)  # 100 rows drawn
+    for bad in ("1", "1,x", "0,0"):
+        with pytest.raises(ValueError, match="--task_weights"):
+            SFT.check_config(SFT.config_from_args(SFT.SFTConfig, ["--tasks", "sudoku,countdown", "--task_weights", bad]))
+
+
 def test_sft_cooldown_decays_the_logged_lr_linearly_to_zero(tmp_path):
     """--cooldown 0.5 of 8 steps: constant for steps 1-4, then 4/4, 3/4, 2/4, 1/4 of the peak."""
     SFT.main(SFT.config_from_args(SFT.SFTConfig, SFT_SMALL + ["--out_dir", str(tmp_path), "--max_steps", "8",

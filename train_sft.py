@@ -35,6 +35,7 @@ class SFTConfig:
     overwrite: bool = False           # start over in an --out_dir that holds a run (its metrics and checkpoint are replaced)
     init: str = ""                    # checkpoint to start from; "" = random init of the small config below
     tasks: str = "sudoku,countdown"   # comma list of tasks.py names
+    task_weights: str = ""            # comma list, one per task: each task's share of a batch ("" = by row count)
     data: str = ""                    # data file for tasks without a generator (gsm8k)
     style: str = "compact"            # prompt style of tasks.py: compact (small models) or d1
     n_train: int = 50000              # generated training examples per task
@@ -145,6 +146,12 @@ def check_config(cfg):
     for flag in ("max_steps", "batch_size", "eval_n", "eval_every", "save_every", "max_skipped"):
         if getattr(cfg, flag) < 1:
             raise ValueError(f"--{flag} {getattr(cfg, flag)}: expected at least 1")
+    if cfg.task_weights:
+        weights = cfg.task_weights.split(",")
+        if len(weights) != len(cfg.tasks.split(",")) or not all(w.replace(".", "", 1).isdigit() for w in weights) \
+                or sum(map(float, weights)) <= 0:
+            raise ValueError(f"--task_weights {cfg.task_weights}: expected one non-negative number per task of "
+                             f"--tasks {cfg.tasks}, not all zero")
     if not 0 <= cfg.cooldown < 1:
         raise ValueError(f"--cooldown {cfg.cooldown}: expected a share of the steps in [0, 1)")
     if cfg.resume and cfg.overwrite:
@@ -183,12 +190,18 @@ def train(cfg, out, rank, world, device):
     if cfg.batch_size % world:
         raise ValueError(f"--batch_size {cfg.batch_size} must divide by the number of processes {world}")
     per_rank = cfg.batch_size // world
+    row_weights = None
+    if cfg.task_weights:  # each row drawn with its task's weight shared over the task's rows
+        share = dict(zip(cfg.tasks.split(","), map(float, cfg.task_weights.split(","))))
+        counts = {name: sum(r[0] == name for r in rows) for name in share}
+        row_weights = torch.tensor([share[r[0]] / counts[r[0]] for r in rows], dtype=torch.float64)
     log = MetricsLog(out, rank, resumed_step=step)
     pbar = tqdm(range(step, cfg.max_steps), initial=step, total=cfg.max_steps, disable=rank != 0)
     accs, no_update = {}, 0
     for step in pbar:
         g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step * world + rank)
-        idx = torch.randint(len(rows), (per_rank,), generator=g)
+        idx = (torch.randint(len(rows), (per_rank,), generator=g) if row_weights is None else
+               torch.multinomial(row_weights, per_rank, replacement=True, generator=g))
         t, masked = draw_masks(per_rank, cfg.gen_length, cfg.eps, g)
         lr = lr_at(step, cfg.lr, cfg.warmup, cfg.max_steps, cfg.cooldown)
         for group in optimizer.param_groups:
