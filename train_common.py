@@ -222,13 +222,14 @@ def run_folder(out_dir, resume, overwrite, rank):
             lock.close()
 
 
-def whole(t):
-    """All of a tensor that FSDP2 shards by rows, on the CPU (a collective: every rank calls it).
+def whole(t, keep=True):
+    """All of a tensor that FSDP2 shards by rows, on the CPU; a collective that every rank calls,
+    and a rank with keep=False only takes part (None).
     Our own gather rather than torch's full state dict: gloo crashes gathering CUDA tensors into
     one buffer (pytorch#152645), so under gloo the shards travel through the CPU; each is padded to
     one size, as the gather needs equal pieces and gloo fails on empty ones."""
     if not isinstance(t, DTensor):
-        return t.detach().cpu()
+        return t.detach().cpu() if keep else None
     if tuple(t.placements) != (Shard(0),):
         raise ValueError(f"a tensor sharded as {t.placements}: expected FSDP2's Shard(0) on one mesh dimension")
     local, world = t.to_local().detach(), t.device_mesh.size()
@@ -237,7 +238,7 @@ def whole(t):
     piece[:len(local)] = local
     pieces = [torch.empty_like(piece) for _ in range(world)]
     dist.all_gather(pieces, piece, group=t.device_mesh.get_group())
-    return torch.cat(pieces)[:t.shape[0]].cpu()
+    return torch.cat(pieces)[:t.shape[0]].cpu() if keep else None
 
 
 def gathered(state, rank):
@@ -246,10 +247,7 @@ def gathered(state, rank):
     def walk(x):
         if isinstance(x, dict):
             return {k: walk(v) for k, v in x.items()}
-        if torch.is_tensor(x):
-            full = whole(x)
-            return full if rank == 0 else None
-        return x
+        return whole(x, keep=rank == 0) if torch.is_tensor(x) else x
     out = walk(state)
     return out if rank == 0 else {}
 
