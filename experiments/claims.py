@@ -6,8 +6,8 @@ The two papers' claims on a small testbed, each with its numbers, interval and a
     python experiments/claims.py --stages rl,report    # rerun stages; finished ones are read from --work_dir
 
 Stages (each writes its JSON into --work_dir and is skipped when that file exists):
-  sft     train the testbed model with train_sft.py (byte tokenizer, Sudoku + Countdown + arithmetic,
-          responses EOS-padded to a 256-slot window), pick the checkpoint on the validation split,
+  sft     train the testbed model with train_sft.py (byte tokenizer, Sudoku + Countdown + arithmetic
+          weighted 1:1:4, responses EOS-padded to a 256-slot window), pick the checkpoint on the validation split,
           save it to --model (skipped when --model exists: the bundled checkpoints/testbed)
   eval    every decoding schedule on --n_test test problems per task at L = 128 and 256 (C1, C2, C3, and
           the "before" half of F4)
@@ -61,15 +61,17 @@ class ClaimsConfig:
     n_test: int = 1000                # test problems per task (evaluation claims and RL scores)
     batch_size: int = 1000            # problems per generate() call
     # the testbed model (train_sft.py)
-    sft_steps: int = 2000
+    sft_steps: int = 4000
     sft_batch: int = 256
     sft_lr: float = 6e-4
-    sft_cooldown: float = 0.0         # share of the last steps whose lr decays to zero (the bundled testbed: none)
-    sft_n_train: int = 20000          # generated training problems per task
-    d_model: int = 384                # ~14M parameters, 29 MB in bf16
+    sft_cooldown: float = 0.3         # share of the last steps whose lr decays to zero
+    sft_n_train: int = 100000         # generated training problems per task
+    sft_task_weights: str = "1,1,4"   # sudoku, countdown, arithmetic shares of a batch: an even mix saturates
+                                      # Sudoku before arithmetic is learnt (results/testbed_probes_h100.json)
+    d_model: int = 448                # ~20M parameters, 39 MB in bf16
     n_layers: int = 8
-    n_heads: int = 6
-    mlp_hidden_size: int = 1024
+    n_heads: int = 7
+    mlp_hidden_size: int = 1216
     window: int = 256                 # SFT response window: covers every L evaluated
     # pass@k (F1, F2)
     passk_task: str = "arithmetic"
@@ -241,7 +243,7 @@ def stage_sft(c, device):
            "--gen_length", str(c.window), "--d_model", str(c.d_model), "--n_layers", str(c.n_layers),
            "--n_heads", str(c.n_heads), "--mlp_hidden_size", str(c.mlp_hidden_size), "--max_sequence_length", "1024",
            "--batch_size", str(c.sft_batch), "--max_steps", str(c.sft_steps), "--lr", str(c.sft_lr),
-           "--cooldown", str(c.sft_cooldown),
+           "--cooldown", str(c.sft_cooldown), "--task_weights", c.sft_task_weights,
            "--eval_every", str(every), "--save_every", str(every), "--keep_every_save", "--device", device.type,
            "--n_train", str(c.sft_n_train), "--eval_n", "256" if not c.quick else "8"]
     if device.type == "cuda":
@@ -393,9 +395,10 @@ def stage_rl(c, device):
     tasks = [t for t, a in rl_start(json.loads(ev.read_text()), c).items() if a >= c.competent]
     specs = [dict(task=t, arm=a, seed=s, out_dir=str(root / f"{t}-{a.split(',')[0]}-{i}-s{s}"))
              for s in map(int, c.seeds.split(",")) for t in tasks for i, a in enumerate(RL_TASKS[t])]
-    cost = ["just_grpo, AR rollout", "cj_grpo, semi-AR rollout", "just_grpo, top 25% entropy"]  # longest first
+    # seed by seed, so that a stage cut short leaves whole seeds of every arm; within a seed the longest first
+    cost = ["just_grpo, AR rollout", "cj_grpo, semi-AR rollout", "just_grpo, top 25% entropy"]
     todo = sorted((s for s in specs if not (Path(s["out_dir"]) / "result.json").is_file()),
-                  key=lambda s: (cost.index(s["arm"]) if s["arm"] in cost else len(cost), s["task"] != "arithmetic"))
+                  key=lambda s: (s["seed"], cost.index(s["arm"]) if s["arm"] in cost else len(cost), s["task"] != "arithmetic"))
     for s in todo:  # a run killed earlier: its folder holds no result, start it again
         shutil.rmtree(s["out_dir"], ignore_errors=True)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
