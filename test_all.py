@@ -11,6 +11,7 @@ import time
 import types
 import zlib
 
+import numpy as np
 import pytest
 import torch
 
@@ -2388,6 +2389,84 @@ def test_claims_verdict_must_survive_a_rerun_with_other_seeds(monkeypatch):
     few = [dict(id="C4", verdict="holds")]
     C.rerun_check(runs[:5], None, C.ClaimsConfig(), few)  # fewer than 2 x 3 seeds: no halves to judge
     assert few == [dict(id="C4", verdict="holds")]
+
+
+def fake_eval(C, n=400, trap=0.0, semi_better=0.2):
+    """Evaluation rows for every decoder of the grid on every task: the L/2-step linear decoder traps
+    the share `trap` of its answers; semi-AR solves `semi_better` more problems than full diffusion."""
+    rows, rng = [], np.random.default_rng(0)
+    for task in ("sudoku", "countdown", "arithmetic"):
+        for L in (128, 256):
+            for family, label, kw in C.schedule_grid(L):
+                p = 0.4 + (semi_better if family == "semi-AR block 32" else 0.0)
+                trapped = (rng.random(n) < trap) if label == f"linear, {L // 2} steps" else np.zeros(n, bool)
+                res = dict(correct=(rng.random(n) < p).astype(int).tolist(), trapped=trapped.astype(int).tolist(),
+                           steps=[kw.get("steps", 4)] * n, seconds=1.0)
+                rows.append(dict(task=task, L=L, family=family, schedule=label, **C.summary(res, L)))
+    return dict(rows=rows)
+
+
+def test_claims_c1_judges_the_trap_share_by_its_interval():
+    """C1 holds only when the early-EOS share's interval is above 5% and semi-AR is better; a share
+    whose interval straddles 5% leaves it inconclusive; a share clearly below 5% fails it."""
+    C = claims_module()
+    c = C.ClaimsConfig(competent=0.0)
+    c1 = lambda trap, n: next(cl for cl in C.verdicts(fake_eval(C, n, trap), None, None, c) if cl["id"] == "C1")
+    assert c1(0.30, 400)["verdict"] == "holds"
+    lo, hi = C.wilson(10, 200)  # 5% of 200: the interval straddles 5%
+    assert lo < 0.05 < hi
+    rows = fake_eval(C, 200, 0.0)
+    for r in rows["rows"]:
+        if r["schedule"] == "linear, 128 steps":
+            r["eos_trap"], r["trap_ci"] = 0.05, (lo, hi)
+    assert next(cl for cl in C.verdicts(rows, None, None, c) if cl["id"] == "C1")["verdict"] == "inconclusive"
+    assert c1(0.0, 400)["verdict"] == "does not hold"
+
+
+def test_claims_f4_compares_before_and_after_on_the_same_problems():
+    """An RL run is scored on the first rl_n_test of the n_test evaluation problems: F4's "before" is
+    the SFT model on those same problems. And F5 cannot hold for a run that is slower."""
+    C = claims_module()
+    for name in ("sudoku", "countdown", "arithmetic"):  # the draws F4 relies on: a shorter list is a prefix
+        assert T.get_task(name).generate(5, seed=1) == T.get_task(name).generate(12, seed=1)[:5]
+    c = C.ClaimsConfig(competent=0.0, rl_n_test=200)
+    ev = fake_eval(C, 400)
+    for r in ev["rows"]:  # the SFT model: right on the first 200 problems, wrong on the rest
+        if r["task"] == "sudoku" and r["L"] == 128 and r["family"] in ("threshold", "entropy bound"):
+            r["correct"], r["accuracy"] = "1" * 200 + "0" * 200, 0.5
+    after = dict(n=200, accuracy=1.0, tokens_per_step=30.0, correct="1" * 200)  # unchanged on its 200
+    scores = {label: after for _, label, _ in C.PARALLEL}
+    scores["own"] = dict(after)
+    just, top = "just_grpo, AR rollout", "just_grpo, top 25% entropy"
+    runs = [dict(task="sudoku", arm=arm, seed=s, minutes=minutes, scores=scores)
+            for s in range(3) for arm, minutes in ((just, 1.0), (top, 2.0))]
+    got = {}
+    C.rl_claims(runs, ev, c, lambda cid, paper, measure, number, v, detail: got.__setitem__(cid, (number, v)))
+    assert "sudoku threshold 0.9: 32.0 -> 30.0 tokens/step, +0.0 [+0.0, +0.0]" in got["F4"][0]
+    assert got["F4"][1] == "not measured"  # arithmetic has no JustGRPO run; sudoku alone: gain 0, inconclusive
+    assert got["F5"][1] == "not measured"
+    c.competent = 0.99  # only sudoku is judged (the fake arithmetic never reaches 99%)
+    for r in ev["rows"]:
+        if r["task"] == "sudoku":
+            r["accuracy"] = 1.0
+    C.rl_claims(runs, ev, c, lambda cid, paper, measure, number, v, detail: got.__setitem__(cid, (number, v)))
+    assert got["F4"][1] == "inconclusive"  # a zero gain on the same problems, not +50 points
+    assert got["F5"][1] == "does not hold"  # as accurate, but slower: the claim is "as well and faster"
+
+
+def test_claims_f2_interval_is_over_problems():
+    """Samples of one problem are not independent: F2's interval resamples problems, each problem the
+    mean of its samples' decode-time entropies."""
+    C = claims_module()
+    c = C.ClaimsConfig(passk_samples=4)
+    rng = np.random.default_rng(0)
+    ar, full = rng.random(40), rng.random(40)  # per problem; its 4 samples all alike
+    pk = {name: dict(ks=[1, 4], pass_at_k=[0.1, 0.2], per_problem=[[0.1] * 10, [0.2] * 10],
+                     entropy=np.repeat(v, 4).tolist(), mean_entropy=float(v.mean()),
+                     classes={"digit": dict(share=1.0, commit_step=0.5, entropy=0.1)})
+          for name, v in (("AR order", ar), ("full diffusion (low confidence)", full))}
+    f2 = next(cl for cl in C.verdicts(fake_eval(C, 100), pk, None, c) if cl["id"] == "F2")
+    assert f2["number"].startswith(C.fmt_ci(*C.bootstrap_diff(ar, full), pct=False))
 
 
 def test_claims_rl_stage_trains_only_on_tasks_the_model_can_do(tmp_path, monkeypatch):
