@@ -1664,7 +1664,7 @@ def test_rl_resume_reaches_the_same_weights(tmp_path):
 
 
 FSDP_SCRIPT = r"""
-import sys, torch, torch.distributed as dist
+import os, sys, torch, torch.distributed as dist
 sys.path.insert(0, {repo!r})
 import test_all as T, train_rl as RL
 from model import byte_tokenizer
@@ -1695,7 +1695,13 @@ if dist.is_initialized():
 if rank == 0:
     torch.save(state, {out!r} + f"/w{{world if dist.is_initialized() else 0}}.pt")
 if dist.is_initialized():
+    dist.barrier()  # no rank closes its connections while another still writes
     dist.destroy_process_group()
+sys.stdout.flush()
+sys.stderr.flush()
+# the results are on disk: skip the interpreter's teardown, where gloo's threads sometimes abort
+# the process ("terminate called without an active exception"; bench/multirank.py saw it too)
+os._exit(0)
 """
 
 
@@ -1855,7 +1861,7 @@ def test_lora_resume_reaches_the_same_adapters_and_merged_weights(tmp_path):
 
 
 LORA_FSDP_SCRIPT = r"""
-import sys, torch, torch.distributed as dist
+import os, sys, torch, torch.distributed as dist
 sys.path.insert(0, {repo!r})
 import test_all as T, train_rl as RL
 from lora import add_lora
@@ -1881,7 +1887,13 @@ for (n, p), q in zip(model.named_parameters(), again.parameters()):
     full = lambda t: t.full_tensor() if hasattr(t, "full_tensor") else t
     assert torch.equal(full(p), full(q)), n
 if dist.is_initialized():
+    dist.barrier()  # no rank closes its connections while another still writes
     dist.destroy_process_group()
+sys.stdout.flush()
+sys.stderr.flush()
+# the results are on disk: skip the interpreter's teardown, where gloo's threads sometimes abort
+# the process ("terminate called without an active exception"; bench/multirank.py saw it too)
+os._exit(0)
 """
 
 
@@ -1895,10 +1907,11 @@ def test_lora_fsdp_two_processes_equal_one(tmp_path):
     script = tmp_path / "fsdp_lora.py"
     script.write_text(LORA_FSDP_SCRIPT.format(repo=os.path.dirname(os.path.abspath(__file__)), out=str(tmp_path)))
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    subprocess.run([sys.executable, str(script)], check=True, env=env, capture_output=True, timeout=300)
     # --standalone: a free port (a fixed one clashes when two test runs share the machine)
-    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(script)],
-                   check=True, env=env, capture_output=True, timeout=300)
+    for cmd in ([sys.executable, str(script)],
+                [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(script)]):
+        p = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+        assert p.returncode == 0, f"{' '.join(cmd)} failed:\n{p.stdout}\n{p.stderr}"
     plain, two = (M.LLaDA.from_pretrained(tmp_path / d / "latest").state_dict() for d in ("w0", "w2"))
     base = tiny_model(max_sequence_length=512).state_dict()
     assert not torch.equal(plain["transformer.blocks.0.q_proj.weight"], base["transformer.blocks.0.q_proj.weight"])
