@@ -8,7 +8,7 @@ a program written to attack this harness can escape it. Run RL on code in a thro
     from execute import run, run_batch
     r = run("def f(x):\\n    return x + 1\\n", "assert f(1) == 2")           # r.passed, r.status
     results = run_batch([(program, tests), ...])                          # parallel over the CPU cores
-    python execute.py --bench          # executions per second on this machine; prints what is contained
+    python execute.py                  # what this machine contains (bench/bench_execute.py: executions per second)
 
 What each run gets:
 - limits (setrlimit in the child): CPU time, address space, file size, processes, no core files;
@@ -274,57 +274,9 @@ def run_batch(jobs, limits=Limits(), workers=None):
     with ThreadPoolExecutor(workers) as pool:  # threads only wait: the work is in the child processes
         return list(pool.map(lambda job: _run(job[0], job[1], limits, box), jobs))
 
-# -----------------------------------------------------------------------------
-# benchmark
-
-
-BENCH_PROGRAM = '''
-def has_close_elements(numbers, threshold):
-    for i, a in enumerate(numbers):
-        for j, b in enumerate(numbers):
-            if i != j and abs(a - b) < threshold:
-                return True
-    return False
-'''
-BENCH_TESTS = '''
-assert has_close_elements([1.0, 2.0, 3.9, 4.0, 5.0, 2.2], 0.3)
-assert not has_close_elements([1.0, 2.0, 3.9, 4.0, 5.0, 2.2], 0.05)
-assert has_close_elements([1.0, 2.0, 5.9, 4.0, 5.0], 0.95)
-'''
-
-
-def bench(n, workers, out):
-    box = containment()
-    cores = len(os.sched_getaffinity(0))
-    rows = []
-    for w in sorted({1, workers or cores}):
-        run_batch([(BENCH_PROGRAM, BENCH_TESTS)] * min(n, 4 * w), workers=w)  # warm the page cache
-        t = time.monotonic()
-        results = run_batch([(BENCH_PROGRAM, BENCH_TESTS)] * n, workers=w)
-        dt = time.monotonic() - t
-        assert all(r.passed for r in results), [r for r in results if not r.passed][:1]
-        rows.append({"workers": w, "executions": n, "seconds": round(dt, 3), "executions_per_s": round(n / dt, 1),
-                     "mean_latency_ms": round(1000 * sum(r.seconds for r in results) / n, 1)})
-    report = {"host_cores": cores, "python": sys.version.split()[0],
-              "containment": {k: v for k, v in box.items() if k != "prefix"}, "runs": rows}
-    if out:
-        with open(out, "w") as f:
-            json.dump(report, f, indent=2)
-    print(json.dumps(report["containment"]))
-    print(f"{'workers':>8} {'executions':>11} {'seconds':>8} {'exec/s':>8} {'latency ms':>11}")
-    for r in rows:
-        print(f"{r['workers']:>8} {r['executions']:>11} {r['seconds']:>8} {r['executions_per_s']:>8} {r['mean_latency_ms']:>11}")
-
 
 if __name__ == "__main__":
-    p = argparse.ArgumentParser(description="Contained execution of Python programs against tests.")
-    p.add_argument("--bench", action="store_true", help="measure executions per second")
-    p.add_argument("--n", type=int, default=200, help="programs per measurement")
-    p.add_argument("--workers", type=int, default=0, help="parallel runs (default: the usable CPU cores)")
-    p.add_argument("--out", default="", help="write the measurements as JSON here")
-    a = p.parse_args()
-    if a.bench:
-        bench(a.n, a.workers, a.out)
-    else:
-        print(json.dumps({k: v for k, v in containment().items() if k != "prefix"}, indent=2))
-        print("limits:", json.dumps(asdict(Limits())))
+    argparse.ArgumentParser(description="Print what this machine contains (python bench/bench_execute.py "
+                                        "measures executions per second).").parse_args()
+    print(json.dumps({k: v for k, v in containment().items() if k != "prefix"}, indent=2))
+    print("limits:", json.dumps(asdict(Limits())))
